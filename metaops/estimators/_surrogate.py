@@ -24,9 +24,11 @@ def score_function_objective(
       \mathbb{E}\Big[\sum_t \nabla^2\log\pi_t\, R_t\Big],$$
 
     which is missing $H_1 = \mathbb{E}[\sum_t \nabla\log\pi_t\nabla\log\pi_t^\top R_t]$ and the
-    cross terms $H_{12} + H_{12}^\top$: the surrogate's value is not the return, so
-    differentiating its gradient ignores how the sampling distribution itself depends on
-    $\theta$. Meta-gradients through an inner step built on it are therefore biased. Use
+    cross terms $H_{12} + H_{12}^\top$ (stated for $b = 0$: a baseline shifts the expected
+    Hessian further, by $-\mathbb{E}[\sum_t b(s_t) \nabla^2\log\pi_t]$, which is not zero). The
+    surrogate's value is not the return, so differentiating its gradient ignores how the
+    sampling distribution itself depends on $\theta$. Meta-gradients through an inner step
+    built on it are therefore biased. Use
     [metaops.estimators.dice_objective][] (exact) or [metaops.estimators.lvc_objective][]
     ($H_1 + H_2$) when the inner step must be differentiated; use this one knowingly, e.g. for
     first-order methods or as an outer objective.

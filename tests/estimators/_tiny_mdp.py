@@ -121,7 +121,6 @@ def make_mdp(seed: int = 0, horizon: int = 3, gamma: float = 0.9) -> TinyMDP:
     return mdp
 
 
-
 def hessian_terms(mdp: TinyMDP, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """ProMP's exact (H1, H2, H12) at theta, computed independently from per-step derivatives."""
     grad_lp = torch.func.jacrev(mdp.log_probs)(theta)  # (N, H, P)
