@@ -85,6 +85,7 @@ def check_rollout(
     *,
     mask: Tensor | None = None,
     finite: tuple[str, ...] = (),
+    optional: tuple[str, ...] = ("baseline",),
     **others: Tensor | None,
 ) -> Tensor | None:
     """Checks a set of ``(..., T)`` rollout tensors; returns the boolean mask (or ``None``).
@@ -95,6 +96,8 @@ def check_rollout(
     check_float(ref_name, ref)
     check_time_dim(ref_name, ref)
     for name, x in others.items():
+        if x is None and name not in optional:
+            raise TypeError(f"{name} must be a torch.Tensor, got None")
         if x is not None:
             check_float(name, x)
             if x.dtype != ref.dtype:

@@ -36,6 +36,16 @@ class TinyMDP:
         table = torch.log_softmax(theta.reshape(S, A), dim=-1)
         return table[self.states, self.actions]
 
+    def log_probs_under(self, thetas: Tensor) -> Tensor:
+        """(..., N, H) log-probabilities of all trajectories under each of ``thetas`` (..., P)."""
+        table = torch.log_softmax(thetas.reshape(*thetas.shape[:-1], S, A), dim=-1)
+        return table[..., self.states, self.actions]
+
+    def probs_under(self, thetas: Tensor) -> Tensor:
+        """(..., N) trajectory probabilities under each of ``thetas`` (..., P)."""
+        lp = torch.where(self.mask, self.log_probs_under(thetas), torch.zeros((), dtype=DTYPE))
+        return self.env_prob * lp.sum(-1).exp()
+
     def probs(self, theta: Tensor) -> Tensor:
         """(N,) trajectory probabilities under theta (differentiable)."""
         lp = torch.where(self.mask, self.log_probs(theta), torch.zeros((), dtype=DTYPE))
