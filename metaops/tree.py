@@ -19,6 +19,8 @@ from metaops.typing import PyTree
 __all__ = [
     "tree_map",
     "tree_leaves",
+    "tree_flatten",
+    "tree_unflatten",
     "tree_structure_equal",
     "tree_add",
     "tree_sub",
@@ -57,14 +59,35 @@ def tree_map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
     """
     if rest:
         spec = _pytree.tree_structure(tree)
+        aligned = []
         for other in rest:
-            other_spec = _pytree.tree_structure(other)
-            if other_spec != spec:
-                raise ValueError(
-                    "pytrees do not have the same structure: "
-                    f"{_describe(tree)} vs {_describe(other)}"
-                )
+            if _pytree.tree_structure(other) != spec:
+                other = _align(tree, other)  # same keys in another order is fine
+                if _pytree.tree_structure(other) != spec:
+                    raise ValueError(
+                        "pytrees do not have the same structure: "
+                        f"{_describe(tree)} vs {_describe(other)}"
+                    )
+            aligned.append(other)
+        rest = tuple(aligned)
     return _pytree.tree_map(fn, tree, *rest)
+
+
+def _align(reference: PyTree, other: PyTree) -> PyTree:
+    """Reorders dict keys of ``other`` to match ``reference`` (names pair by name, not order)."""
+    if isinstance(reference, dict) and isinstance(other, dict) and set(reference) == set(other):
+        return {k: _align(reference[k], other[k]) for k in reference}
+    if isinstance(reference, (list, tuple)) and type(reference) is type(other):
+        if len(reference) == len(other):
+            items = [_align(r, o) for r, o in zip(reference, other)]
+            return type(other)(items) if isinstance(other, list) else _rebuild(other, items)
+    return other
+
+
+def _rebuild(template: tuple, items: list) -> tuple:
+    if hasattr(template, "_fields"):  # namedtuple
+        return type(template)(*items)
+    return tuple(items)
 
 
 def _describe(tree: PyTree) -> str:
@@ -81,6 +104,30 @@ def tree_leaves(tree: PyTree) -> list[Any]:
         [tensor([0.]), tensor([1.])]
     """
     return _pytree.tree_leaves(tree)
+
+
+def tree_flatten(tree: PyTree) -> tuple[list[Any], Any]:
+    """Flattens a pytree into its leaves and a structure object for [metaops.tree.tree_unflatten][].
+
+    Examples:
+        >>> leaves, spec = tree_flatten({"a": torch.zeros(1), "b": (torch.ones(1), 2)})
+        >>> len(leaves)
+        3
+        >>> tree_unflatten(leaves, spec)["b"][1]
+        2
+    """
+    return _pytree.tree_flatten(tree)
+
+
+def tree_unflatten(leaves: Sequence[Any], spec: Any) -> PyTree:
+    """Rebuilds a pytree from leaves and the structure returned by [metaops.tree.tree_flatten][].
+
+    Examples:
+        >>> leaves, spec = tree_flatten({"w": torch.zeros(1)})
+        >>> tree_unflatten([torch.ones(1)], spec)
+        {'w': tensor([1.])}
+    """
+    return _pytree.tree_unflatten(list(leaves), spec)
 
 
 def tree_structure_equal(a: PyTree, b: PyTree) -> bool:

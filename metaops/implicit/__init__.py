@@ -1,4 +1,7 @@
-"""Implicit meta-gradients: conjugate gradient, Hessian-vector products and iMAML."""
+"""Linear-algebra building blocks for implicit meta-gradients: CG and Hessian-vector products.
+
+The iMAML inner-loop mode itself is [metaops.inner.implicit][].
+"""
 
 from metaops.implicit._cg import cg
 from metaops.implicit._hvp import hvp

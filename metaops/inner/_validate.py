@@ -1,0 +1,80 @@
+"""Input validation shared by the inner-loop modules (private)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from metaops.tree import tree_leaves
+from metaops.typing import Params
+
+
+def check_lr(lr: object, where: str) -> None:
+    if isinstance(lr, Tensor):
+        if lr.dim() != 0:
+            raise ValueError(f"{where}: a tensor learning rate must be a scalar, got shape {tuple(lr.shape)}")
+        if not lr.is_floating_point():
+            raise TypeError(f"{where}: learning rate tensor must be floating point, got {lr.dtype}")
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise TypeError(f"{where}: learning rate must be a float or a scalar tensor, got {type(lr).__name__}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"{where}: learning rate must be positive and finite, got {lr}")
+
+
+def check_steps(steps: object) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+
+
+def check_params(params: object, where: str = "params") -> None:
+    if not isinstance(params, dict):
+        raise TypeError(
+            f"{where} must be a dict[str, Tensor] such as dict(model.named_parameters()), "
+            f"got {type(params).__name__}"
+        )
+    if not params:
+        raise ValueError(f"{where} is empty")
+    for name, value in params.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{where} keys must be parameter names (str), got {name!r}")
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{where}[{name!r}] must be a Tensor, got {type(value).__name__}")
+        if not value.is_floating_point():
+            raise TypeError(f"{where}[{name!r}] must be floating point, got {value.dtype}")
+
+
+def check_same_keys_and_shapes(reference: Params, other: Params, what: str, *, scalar_ok: bool) -> None:
+    missing = sorted(set(reference) - set(other))
+    extra = sorted(set(other) - set(reference))
+    if missing or extra:
+        raise ValueError(
+            f"{what} must have the same names as params: missing {missing}, unexpected {extra}"
+        )
+    for name, value in other.items():
+        ref = reference[name]
+        if scalar_ok and value.dim() == 0:
+            continue
+        if value.shape != ref.shape:
+            raise ValueError(
+                f"{what}[{name!r}] has shape {tuple(value.shape)} but params[{name!r}] has "
+                f"shape {tuple(ref.shape)}" + (" (or use a scalar)" if scalar_ok else "")
+            )
+
+
+def under_transform() -> bool:
+    """Whether we are inside a torch.func transform (grad, vmap, jvp, ...) or being compiled.
+
+    Value checks (``bool(tensor)``) are impossible in both cases.
+    """
+    if torch.compiler.is_compiling():
+        return True
+    return torch._C._functorch.peek_interpreter_stack() is not None
+
+
+def all_finite(tree: object) -> bool:
+    return all(bool(torch.isfinite(x).all()) for x in tree_leaves(tree))
