@@ -57,6 +57,7 @@ def meta_sgd(lrs: Params) -> InnerOptimizer:
 
     Examples:
         >>> import torch
+        >>> from metaops.inner import adapt
         >>> loss_fn = lambda p, b: ((p["w"] - b) ** 2).sum()
         >>> lrs = {"w": torch.tensor(0.25, requires_grad=True)}
         >>> phi = adapt(loss_fn, {"w": torch.tensor([0.0])}, torch.tensor([1.0]),

@@ -48,6 +48,7 @@ def sgd(lr: float | Tensor) -> InnerOptimizer:
 
     Examples:
         >>> import torch
+        >>> from metaops.inner import adapt
         >>> loss_fn = lambda p, b: ((p["w"] - b) ** 2).sum()
         >>> adapt(loss_fn, {"w": torch.tensor([0.0])}, torch.tensor([1.0]), sgd(0.25), steps=1)
         {'w': tensor([0.5000])}

@@ -30,6 +30,7 @@ def from_torchopt(transform: Any, *, name: str | None = None) -> InnerOptimizer:
 
     Examples:
         >>> import torch, torchopt
+        >>> from metaops.inner import adapt
         >>> loss_fn = lambda p, b: ((p["w"] - b) ** 2).sum()
         >>> opt = from_torchopt(torchopt.sgd(0.1, momentum=0.9))
         >>> adapt(loss_fn, {"w": torch.tensor([0.0])}, torch.tensor([1.0]), opt, steps=2)
