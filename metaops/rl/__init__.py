@@ -1,0 +1,63 @@
+"""RL building blocks for meta-gradients: returns, baselines, policies, critics, KL, TRPO, PPO.
+
+Rollout tensors are shaped ``(..., T)`` with time last (observations ``(..., T, obs_dim)``), and
+``mask`` is 1 on real steps and 0 on padding. The meta-gradient estimators themselves live in
+``metaops.estimators``.
+"""
+
+from metaops.rl._baseline import (
+    LinearFeatureBaseline,
+    fit_linear_baseline,
+    linear_baseline_features,
+    predict_linear_baseline,
+)
+from metaops.rl._critics import QCritic, ValueCritic
+from metaops.rl._kl import kl_hvp, mean_kl
+from metaops.rl._policies import (
+    CategoricalMLPPolicy,
+    GaussianMLPPolicy,
+    categorical_entropy,
+    categorical_kl,
+    categorical_log_prob,
+    categorical_sample,
+    gaussian_entropy,
+    gaussian_kl,
+    gaussian_log_prob,
+    gaussian_sample,
+)
+from metaops.rl._ppo import ppo_clip_objective, promp_objective
+from metaops.rl._returns import discounted_returns, gae, normalize_advantages
+from metaops.rl._trpo import TRPOInfo, trpo_step
+
+__all__ = [
+    # returns and advantages
+    "discounted_returns",
+    "gae",
+    "normalize_advantages",
+    # linear feature baseline
+    "linear_baseline_features",
+    "fit_linear_baseline",
+    "predict_linear_baseline",
+    "LinearFeatureBaseline",
+    # policies and distributions
+    "GaussianMLPPolicy",
+    "CategoricalMLPPolicy",
+    "gaussian_log_prob",
+    "gaussian_kl",
+    "gaussian_entropy",
+    "gaussian_sample",
+    "categorical_log_prob",
+    "categorical_kl",
+    "categorical_entropy",
+    "categorical_sample",
+    # critics
+    "ValueCritic",
+    "QCritic",
+    # KL, trust regions, clipped objectives
+    "mean_kl",
+    "kl_hvp",
+    "trpo_step",
+    "TRPOInfo",
+    "ppo_clip_objective",
+    "promp_objective",
+]

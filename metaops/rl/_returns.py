@@ -1,0 +1,193 @@
+"""Discounted returns, generalised advantage estimation and advantage normalisation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metaops.estimators._validate import _is_plain, apply_mask, check_float, check_rollout
+
+__all__ = ["discounted_returns", "gae", "normalize_advantages"]
+
+
+def _check_unit(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a float in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _continues(mask: Tensor | None, like: Tensor) -> Tensor:
+    """(..., T) float: 1 where step t+1 exists and continues the episode of step t."""
+    if mask is None:
+        nxt = torch.ones_like(like)
+    else:
+        nxt = mask.to(like.dtype)
+    return torch.cat([nxt[..., 1:], torch.zeros_like(nxt[..., :1])], dim=-1)
+
+
+def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = None) -> Tensor:
+    r"""Computes the discounted rewards to go $G_t = \sum_{t' \ge t} \gamma^{t'-t} r_{t'}$.
+
+    Computed by the backward recursion $G_t = r_t + \gamma\, m_{t+1}\, G_{t+1}$ (with
+    $G_T = 0$), where $m$ is the mask: a padded step ($m = 0$) cuts the recursion, so padding at
+    the end of an episode contributes nothing. Padded entries of the result are zero. This is a
+    data-preparation function: the result is detached.
+
+    Args:
+        rewards: $r_t$, shape `(..., T)`.
+        gamma: Discount $\gamma \in [0, 1]$.
+        mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+
+    Returns:
+        $G_t$, shape `(..., T)`, detached (zero on padding).
+
+    Raises:
+        TypeError: If ``rewards`` is not floating point.
+        ValueError: If the shapes differ, ``gamma`` is outside $[0, 1]$, the mask is all zeros,
+            or (eagerly) rewards are non-finite at real steps.
+
+    Examples:
+        >>> rewards = torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 9.0]])
+        >>> mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+        >>> discounted_returns(rewards, gamma=0.5, mask=mask)
+        tensor([[1.7500, 1.5000, 1.0000],
+                [2.0000, 2.0000, 0.0000]])
+    """
+    bool_mask = check_rollout("rewards", rewards, mask=mask, finite=("rewards",))
+    gamma = _check_unit("gamma", gamma)
+    rewards = apply_mask(rewards.detach(), bool_mask)
+    continues = _continues(bool_mask, rewards)
+    out = []
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = rewards[..., t] + gamma * continues[..., t] * running
+        out.append(running)
+    return apply_mask(torch.stack(out[::-1], dim=-1), bool_mask)
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    *,
+    gamma: float,
+    gae_lambda: float,
+    mask: Tensor | None = None,
+    last_values: Tensor | None = None,
+) -> Tensor:
+    r"""Computes generalised advantage estimates $A_t^{\mathrm{GAE}(\gamma, \lambda)}$ with masks.
+
+    $$\delta_t = r_t + \gamma\, V_{t+1}^{\text{next}} - V(s_t), \qquad
+      A_t = \delta_t + \gamma\lambda\, m_{t+1} A_{t+1},$$
+
+    where $V^{\text{next}}_{t+1} = V(s_{t+1})$ if step $t+1$ is real ($m_{t+1} = 1$) and
+    otherwise the bootstrap value ``last_values`` of the episode (zero by default: the episode
+    terminated; pass $V(s_T)$ for episodes truncated by a time limit). $\lambda = 1$ gives
+    $G_t - V(s_t)$, $\lambda = 0$ the one-step TD error. Padded entries are zero and the result
+    is detached.
+
+    Args:
+        rewards: $r_t$, shape `(..., T)`.
+        values: $V(s_t)$, shape `(..., T)`, e.g. from a critic or
+            [metaops.rl.LinearFeatureBaseline][].
+        gamma: Discount $\gamma \in [0, 1]$.
+        gae_lambda: $\lambda \in [0, 1]$.
+        mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+        last_values: Optional bootstrap values, shape `(...)`, used after each episode's last
+            real step; zeros when omitted.
+
+    Returns:
+        $A_t$, shape `(..., T)`, detached (zero on padding).
+
+    Raises:
+        TypeError: If a tensor is not floating point, or the dtypes differ.
+        ValueError: If the shapes differ, a hyperparameter is outside $[0, 1]$, the mask is all
+            zeros, or (eagerly) rewards or values are non-finite at real steps.
+
+    Examples:
+        >>> rewards = torch.tensor([1.0, 1.0, 1.0])
+        >>> values = torch.tensor([0.5, 0.5, 0.5])
+        >>> gae(rewards, values, gamma=1.0, gae_lambda=1.0)  # G_t - V(s_t)
+        tensor([2.5000, 1.5000, 0.5000])
+        >>> gae(rewards, values, gamma=1.0, gae_lambda=0.0)  # TD errors
+        tensor([1.0000, 1.0000, 0.5000])
+
+    References:
+        Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
+        Estimation", ICLR 2016.
+    """
+    bool_mask = check_rollout("rewards", rewards, mask=mask, finite=("rewards", "values"), values=values)
+    gamma = _check_unit("gamma", gamma)
+    gae_lambda = _check_unit("gae_lambda", gae_lambda)
+    rewards = apply_mask(rewards.detach(), bool_mask)
+    values = apply_mask(values.detach(), bool_mask)
+    if last_values is None:
+        last_values = torch.zeros_like(rewards[..., 0])
+    else:
+        check_float("last_values", last_values)
+        if last_values.shape != rewards.shape[:-1]:
+            raise ValueError(
+                f"last_values must have shape {tuple(rewards.shape[:-1])} (the batch shape of "
+                f"rewards), got {tuple(last_values.shape)}"
+            )
+        last_values = last_values.detach().to(rewards.dtype)
+    continues = _continues(bool_mask, rewards)
+    shifted = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
+    next_values = continues * shifted + (1 - continues) * last_values.unsqueeze(-1)
+    deltas = rewards + gamma * next_values - values
+    out = []
+    running = torch.zeros_like(rewards[..., 0])
+    for t in reversed(range(rewards.shape[-1])):
+        running = deltas[..., t] + gamma * gae_lambda * continues[..., t] * running
+        out.append(running)
+    return apply_mask(torch.stack(out[::-1], dim=-1), bool_mask)
+
+
+def normalize_advantages(
+    advantages: Tensor,
+    *,
+    mask: Tensor | None = None,
+    dim: int | tuple[int, ...] | None = None,
+    eps: float = 1e-8,
+) -> Tensor:
+    r"""Standardises advantages to zero mean and unit variance over the real steps, detached.
+
+    $$\hat A = \frac{A - \mu}{\sigma + \epsilon}, \qquad
+      \mu = \frac{\sum m A}{\sum m}, \quad \sigma^2 = \frac{\sum m (A - \mu)^2}{\sum m},$$
+
+    with sums over ``dim`` (all dimensions by default). Normalise **per task**: give the task
+    batch dimension a separate slice, e.g. for advantages shaped `(tasks, episodes, T)` pass
+    ``dim=(-2, -1)``. The statistics are computed outside the graph (the result is detached).
+
+    Args:
+        advantages: $A_t$, shape `(..., T)`.
+        mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+        dim: Dimensions to normalise over; ``None`` for all.
+        eps: $\epsilon$ added to the standard deviation.
+
+    Returns:
+        Normalised advantages, shape `(..., T)`, detached (zero on padding).
+
+    Raises:
+        TypeError: If ``advantages`` is not floating point.
+        ValueError: If the mask is all zeros, or (eagerly) the advantages are non-finite at real
+            steps or some normalised slice has no real step.
+
+    Examples:
+        >>> advantages = torch.tensor([[1.0, 3.0, 100.0], [2.0, 6.0, 4.0]])
+        >>> mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+        >>> normalize_advantages(advantages, mask=mask, dim=-1)
+        tensor([[-1.0000,  1.0000,  0.0000],
+                [-1.2247,  1.2247,  0.0000]])
+    """
+    bool_mask = check_rollout("advantages", advantages, mask=mask, finite=("advantages",))
+    advantages = advantages.detach()
+    weights = torch.ones_like(advantages) if bool_mask is None else bool_mask.to(advantages.dtype)
+    dims = tuple(range(advantages.dim())) if dim is None else dim
+    count = weights.sum(dims, keepdim=True)
+    if bool_mask is not None and _is_plain(count):
+        if bool((count == 0).any()):
+            raise ValueError("normalize_advantages: some slice along dim has no real (unmasked) step")
+    count = count.clamp(min=1)
+    mean = (weights * advantages).sum(dims, keepdim=True) / count
+    var = (weights * (advantages - mean) ** 2).sum(dims, keepdim=True) / count
+    return apply_mask((advantages - mean) / (var.sqrt() + eps), bool_mask)

@@ -1,0 +1,152 @@
+"""A TRPO (meta-)step: natural gradient by conjugate gradient and a backtracking line search."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from metaops.implicit import cg
+from metaops.rl._kl import kl_hvp
+from metaops.tree import stop_gradient, tree_add, tree_scale, tree_vdot
+from metaops.typing import Params
+
+__all__ = ["TRPOInfo", "trpo_step"]
+
+
+class TRPOInfo(NamedTuple):
+    """Diagnostics of one [metaops.rl.trpo_step][] (plain Python numbers, for logging).
+
+    Examples:
+        >>> TRPOInfo(True, 0, 0.01, 0.5, 1.0, 1.5, {})._fields[:4]
+        ('accepted', 'backtracks', 'kl', 'improvement')
+    """
+
+    accepted: bool
+    """Whether a step satisfying both line-search conditions was found (else params unchanged)."""
+    backtracks: int
+    """Number of step shrinks before acceptance (``max_backtracks`` when rejected)."""
+    kl: float
+    """KL of the returned parameters (zero when rejected)."""
+    improvement: float
+    """Surrogate at the returned parameters minus the surrogate before (zero when rejected)."""
+    surrogate_before: float
+    """Surrogate at the input parameters."""
+    surrogate_after: float
+    """Surrogate at the returned parameters."""
+    full_step: Params
+    r"""The full natural step $\sqrt{2\delta / x^\top F x}\; x$ before backtracking."""
+
+
+def trpo_step(
+    surrogate_fn: Callable[[Params], Tensor],
+    kl_fn: Callable[[Params], Tensor],
+    params: Params,
+    *,
+    max_kl: float = 0.01,
+    damping: float = 1e-5,
+    cg_steps: int = 10,
+    backtrack_ratio: float = 0.8,
+    max_backtracks: int = 15,
+) -> tuple[Params, TRPOInfo]:
+    r"""Takes one TRPO step on a (meta-)objective under a KL trust region.
+
+    With $g = \nabla_\theta \mathcal{J}(\theta)$ and $F = \nabla^2_\theta D(\theta)$ the Hessian
+    of the KL (the Fisher matrix at $\theta$), conjugate gradient
+    ([metaops.implicit.cg][], ``cg_steps`` iterations) solves $(F + \beta I) x = g$, the full step
+    is scaled to the trust-region boundary of the quadratic model,
+
+    $$\Delta = \sqrt{\frac{2\delta}{x^\top (F + \beta I) x}}\; x,$$
+
+    and a backtracking line search tries $\theta + r^k \Delta$ for $k = 0, 1, \dots$, accepting
+    the first candidate whose surrogate **improves** on $\mathcal{J}(\theta)$ and whose KL
+    satisfies $D \le \delta$. If none does, the parameters are returned unchanged.
+
+    ``surrogate_fn`` may contain an inner adaptation step (MAML-TRPO): the Fisher-vector
+    products are HVPs of ``kl_fn`` at ``params`` via [metaops.rl.kl_hvp][], which differentiate
+    through the inner step. The line search branches on values, so this function is not meant
+    for ``vmap`` (vmap *inside* ``surrogate_fn`` and ``kl_fn`` over tasks instead).
+
+    Args:
+        surrogate_fn: $\mathcal{J}(\theta)$, a scalar to **maximise** (e.g. the mean over tasks
+            of a likelihood-ratio objective on post-update data).
+        kl_fn: $D(\theta)$, a scalar KL from the policy that sampled the data (held constant) to
+            the policy at $\theta$, e.g. built with [metaops.rl.mean_kl][].
+        params: Current parameters $\theta$ (treated as constants: the step is not
+            differentiable).
+        max_kl: Trust-region radius $\delta > 0$.
+        damping: $\beta \ge 0$, added to $F$ for conditioning.
+        cg_steps: Conjugate-gradient iterations.
+        backtrack_ratio: Shrink factor $r \in (0, 1)$.
+        max_backtracks: Number of candidates tried.
+
+    Returns:
+        ``(new_params, info)``: detached new parameters and a [metaops.rl.TRPOInfo][].
+
+    Raises:
+        ValueError: If a hyperparameter is out of range or the surrogate is not a finite
+            scalar.
+
+    Examples:
+        >>> from metaops.estimators import likelihood_ratio_objective
+        >>> from metaops.rl import CategoricalMLPPolicy, mean_kl
+        >>> _ = torch.manual_seed(0)
+        >>> policy = CategoricalMLPPolicy(3, 2, hidden_sizes=(8,))
+        >>> old = {k: v.detach() for k, v in policy.named_parameters()}
+        >>> obs, actions, adv = torch.randn(16, 3), torch.randint(2, (16,)), torch.randn(16)
+        >>> old_lp = policy.log_prob(policy(obs), actions).detach()
+        >>> def surrogate_fn(p):
+        ...     lp = policy.log_prob(torch.func.functional_call(policy, p, (obs,)), actions)
+        ...     return likelihood_ratio_objective(lp, old_lp, adv) / 16
+        >>> kl_fn = lambda p: mean_kl(policy, old, p, obs)
+        >>> new, info = trpo_step(surrogate_fn, kl_fn, old, max_kl=0.01)
+        >>> info.accepted, info.kl <= 0.01, info.improvement > 0
+        (True, True, True)
+
+    References:
+        Schulman et al., "Trust Region Policy Optimization", ICML 2015.
+
+        Finn et al., "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
+        ICML 2017 (MAML-TRPO).
+    """
+    if not max_kl > 0:
+        raise ValueError(f"max_kl must be positive, got {max_kl!r}")
+    if damping < 0:
+        raise ValueError(f"damping must be non-negative, got {damping!r}")
+    if not 0 < backtrack_ratio < 1:
+        raise ValueError(f"backtrack_ratio must be in (0, 1), got {backtrack_ratio!r}")
+    if not isinstance(max_backtracks, int) or max_backtracks < 1:
+        raise ValueError(f"max_backtracks must be a positive int, got {max_backtracks!r}")
+    params = stop_gradient(params)
+    grads, before = torch.func.grad_and_value(surrogate_fn)(params)
+    if before.dim() != 0 or not bool(torch.isfinite(before)):
+        raise ValueError(
+            f"surrogate_fn must return a finite scalar, got shape {tuple(before.shape)} value {before.detach()}"
+        )
+    before_value = float(before)
+
+    def fvp(v: Params) -> Params:
+        return kl_hvp(kl_fn, params, v, damping=damping)
+
+    direction = cg(fvp, grads, steps=cg_steps)
+    curvature = float(tree_vdot(direction, fvp(direction)))
+    if math.isfinite(curvature) and curvature > 0:
+        scale = math.sqrt(2 * max_kl / curvature)
+    else:
+        scale = 0.0
+    full_step = tree_scale(direction, scale)
+
+    with torch.no_grad():
+        for k in range(max_backtracks):
+            candidate = tree_add(params, tree_scale(full_step, backtrack_ratio**k))
+            after = float(surrogate_fn(candidate))
+            kl = float(kl_fn(candidate))
+            improvement = after - before_value
+            if math.isfinite(after) and math.isfinite(kl) and improvement > 0 and kl <= max_kl:
+                info = TRPOInfo(True, k, kl, improvement, before_value, after, full_step)
+                return stop_gradient(candidate), info
+    info = TRPOInfo(False, max_backtracks, 0.0, 0.0, before_value, before_value, full_step)
+    return params, info
