@@ -50,7 +50,9 @@ class EnvError(RuntimeError):
         self.task = task
         where = []
         if task_index is not None:
-            where.append(f"task {task_index}" + (f" ({task!r})" if task is not None else ""))
+            shown = "" if task is None else repr(task)
+            shown = shown if len(shown) <= 120 else shown[:117] + "..."
+            where.append(f"task {task_index}" + (f" ({shown})" if shown else ""))
         if episode is not None:
             where.append(f"episode {episode}")
         super().__init__(", ".join(where) + ": " + message if where else message)
@@ -352,7 +354,7 @@ class MujocoBatchedEnv(BatchedEnv):
         self._run(b.step, ids, nstep=self._kernel.frame_skip)
         bad = np.zeros(self.num_envs, dtype=bool)
         for w in _BAD_STATE_WARNINGS:
-            bad |= b.warning[:, int(w), 0] > 0
+            bad |= b.warning[:, int(w), 1] > 0  # (lastinfo, number)
         bad &= active
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
