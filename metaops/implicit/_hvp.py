@@ -13,11 +13,14 @@ __all__ = ["hvp"]
 
 
 def hvp(f: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
-    r"""Returns the Hessian-vector product $\nabla^2 f(\theta)\, v$ (forward-over-reverse).
+    r"""Returns the Hessian-vector product $\nabla^2 f(\theta)\, v$ (reverse-over-reverse).
 
-    Computed as the Jacobian-vector product of $\nabla f$, so the Hessian is never formed and
-    the cost is a small constant times one gradient evaluation. Differentiable, and safe under
-    ``torch.func.vmap``.
+    Computed as the vector-Jacobian product of $\nabla f$ with $v$, which equals $H v$
+    because the Hessian is symmetric; the Hessian is never formed and the cost is a small
+    constant times one gradient evaluation. Differentiable, and safe under
+    ``torch.func.vmap``. (Reverse-over-reverse is used rather than forward-over-reverse
+    because torch 2.13's forward-mode rules fail on some losses, e.g. ``mse_loss`` through
+    ``functional_call``, with "ZeroTensors are immutable".)
 
     Args:
         f: Scalar function of the parameters.
@@ -32,4 +35,5 @@ def hvp(f: Callable[[Params], Tensor], params: Params, v: Params) -> Params:
         >>> hvp(f, {"w": torch.tensor([1.0, 2.0])}, {"w": torch.tensor([1.0, 1.0])})
         {'w': tensor([ 6., 12.])}
     """
-    return torch.func.jvp(torch.func.grad(f), (params,), (v,))[1]
+    _, vjp_fn = torch.func.vjp(torch.func.grad(f), params)
+    return vjp_fn(v)[0]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from metaops.inner._base import InnerOptimizer
+from metaops.tree import tree_leaves, tree_map
 from metaops.typing import Params
 
 __all__ = ["from_torchopt"]
@@ -47,9 +50,16 @@ def from_torchopt(transform: Any, *, name: str | None = None) -> InnerOptimizer:
         return transform.init(params)
 
     def step(params, grads, state, hp):
+        # torchopt updates some state with in-place ops (``t.mul(decay).add_(g)``), which fails
+        # under vmap when the state is shared but the gradients are per task. Adding a zero
+        # that depends on the gradients makes every floating state leaf carry the task batch.
+        zero = tree_leaves(grads)[0].sum() * 0
+        state = tree_map(lambda s: s + zero.to(s.dtype) if _is_float_tensor(s) else s, state)
         updates, state = transform.update(grads, state, params=params, inplace=False)
         return torchopt.apply_updates(params, updates, inplace=False), state
 
     return InnerOptimizer(init=init, step=step, hyperparams={}, name=name or "torchopt")
 
 
+def _is_float_tensor(x: Any) -> bool:
+    return isinstance(x, Tensor) and x.is_floating_point()

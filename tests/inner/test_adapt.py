@@ -1,0 +1,188 @@
+"""adapt through every optimizer: hand values, vmap == loop, torch.func == autograd, gradcheck."""
+
+import pytest
+import torch
+import torchopt
+from torch.func import grad, vmap
+
+import metaops as mo
+from metaops.inner import adapt, checkpointed, first_order, from_torchopt, meta_sgd, sgd
+from tests._helpers import assert_trees_close, index_task, toy_regression
+
+OPTIMIZERS = {
+    "sgd": lambda: sgd(0.3),
+    "sgd_tensor_lr": lambda: sgd(torch.tensor(0.3, dtype=torch.float64)),
+    "first_order": lambda: first_order(sgd(0.3)),
+    "checkpointed": lambda: checkpointed(sgd(0.3)),
+    "torchopt_momentum": lambda: from_torchopt(torchopt.sgd(0.2, momentum=0.9)),
+    "torchopt_adam": lambda: from_torchopt(torchopt.adam(0.05)),
+    "checkpointed_adam": lambda: checkpointed(from_torchopt(torchopt.adam(0.05))),
+}
+
+
+def test_sgd_one_step_hand_value():
+    # loss = (w - 3)^2, grad = 2 (w - 3); one step from w = 1 with lr 0.25 -> 1 + 0.25 * 4 = 2
+    loss_fn = lambda p, b: ((p["w"] - b) ** 2).sum()
+    phi = adapt(loss_fn, {"w": torch.tensor([1.0])}, torch.tensor([3.0]), sgd(0.25), steps=1)
+    assert phi["w"].item() == pytest.approx(2.0)
+    phi = adapt(loss_fn, {"w": torch.tensor([1.0])}, torch.tensor([3.0]), sgd(0.25), steps=2)
+    assert phi["w"].item() == pytest.approx(2.5)  # 2 + 0.25 * 2
+
+
+def test_momentum_hand_value():
+    # torchopt momentum: buf = g (+ 0.9 buf), w -= lr * buf; loss (w - 1)^2 from 0
+    loss_fn = lambda p, b: ((p["w"] - 1.0) ** 2).sum()
+    phi = adapt(loss_fn, {"w": torch.tensor([0.0])}, None, from_torchopt(torchopt.sgd(0.1, momentum=0.9)), steps=2)
+    # step 1: g=-2, buf=-2, w=0.2; step 2: g=-1.6, buf=-1.6-1.8=-3.4, w=0.54
+    assert phi["w"].item() == pytest.approx(0.54)
+
+
+def test_maml_meta_gradient_hand_value():
+    # loss = 0.5 a w^2: one SGD step phi = (1 - lr a) w; query loss 0.5 b phi^2
+    # d/dw = b (1 - lr a)^2 w
+    a, b, lr, w = 3.0, 2.0, 0.1, 1.5
+    theta = {"w": torch.tensor(w, requires_grad=True)}
+    phi = adapt(lambda p, c: 0.5 * c * p["w"] ** 2, theta, torch.tensor(a), sgd(lr), steps=1)
+    (0.5 * b * phi["w"] ** 2).backward()
+    assert theta["w"].grad.item() == pytest.approx(b * (1 - lr * a) ** 2 * w)
+
+
+def _task_loss(loss_fn, make_opt, steps):
+    def task_loss(theta, support, query):
+        return loss_fn(adapt(loss_fn, theta, support, make_opt(), steps=steps), query)
+
+    return task_loss
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_vmap_equals_python_loop(name):
+    _, loss_fn, theta, support, query = toy_regression()
+    task_loss = _task_loss(loss_fn, OPTIMIZERS[name], steps=3)
+    batched = grad(lambda th: vmap(task_loss, in_dims=(None, 0, 0))(th, support, query).mean())(theta)
+    looped = grad(
+        lambda th: torch.stack(
+            [task_loss(th, index_task(support, i), index_task(query, i)) for i in range(4)]
+        ).mean()
+    )(theta)
+    assert_trees_close(batched, looped)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_func_grad_equals_backward(name):
+    _, loss_fn, theta, support, query = toy_regression(num_tasks=2)
+    task_loss = _task_loss(loss_fn, OPTIMIZERS[name], steps=2)
+    functional = grad(lambda th: vmap(task_loss, in_dims=(None, 0, 0))(th, support, query).mean())(theta)
+    leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    vmap(task_loss, in_dims=(None, 0, 0))(leaves, support, query).mean().backward()
+    assert_trees_close(functional, {k: v.grad for k, v in leaves.items()})
+
+
+def _explicit_autograd_maml(loss_fn, theta, support, query, lr, steps):
+    """The independent formulation: torch.autograd.grad(create_graph=True), task by task."""
+    leaves = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    total = 0.0
+    num_tasks = support[0].shape[0]
+    for i in range(num_tasks):
+        params = dict(leaves)
+        for _ in range(steps):
+            loss = loss_fn(params, index_task(support, i))
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {k: v - lr * g for (k, v), g in zip(params.items(), grads)}
+        total = total + loss_fn(params, index_task(query, i))
+    grads = torch.autograd.grad(total / num_tasks, list(leaves.values()))
+    return dict(zip(leaves, grads))
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "loop", "chunked"])
+def test_meta_gradient_equals_explicit_autograd(strategy):
+    _, loss_fn, theta, support, query = toy_regression()
+    task_loss = _task_loss(loss_fn, lambda: sgd(0.3), steps=3)
+    kwargs = {"chunk_size": 3} if strategy == "chunked" else {}
+    _, grads = mo.meta_value_and_grad(task_loss, theta, support, query, strategy=strategy, **kwargs)
+    expected = _explicit_autograd_maml(loss_fn, theta, support, query, 0.3, 3)
+    assert_trees_close(grads, expected)
+
+
+def test_first_order_equals_query_gradient_at_adapted_point():
+    _, loss_fn, theta, support, query = toy_regression(num_tasks=1)
+    s, q = index_task(support, 0), index_task(query, 0)
+    fo = grad(lambda th: loss_fn(adapt(loss_fn, th, s, first_order(sgd(0.3)), steps=3), q))(theta)
+    phi = adapt(loss_fn, theta, s, sgd(0.3), steps=3)
+    assert_trees_close(fo, grad(loss_fn)(phi, q))
+    so = grad(lambda th: loss_fn(adapt(loss_fn, th, s, sgd(0.3), steps=3), q))(theta)
+    assert max((fo[k] - so[k]).abs().max() for k in fo) > 1e-4  # second-order terms matter here
+
+
+@pytest.mark.parametrize("name", ["sgd", "checkpointed", "torchopt_adam"])
+def test_gradcheck_and_gradgradcheck_through_three_steps(name):
+    _, loss_fn, theta, support, query = toy_regression(num_tasks=1)
+    s, q = index_task(support, 0), index_task(query, 0)
+    make_opt = OPTIMIZERS[name]
+
+    def meta_loss(weight):
+        params = dict(theta, **{"0.weight": weight})
+        return loss_fn(adapt(loss_fn, params, s, make_opt(), steps=3), q)
+
+    w = theta["0.weight"].clone().requires_grad_()
+    assert torch.autograd.gradcheck(meta_loss, (w,))
+    if name != "checkpointed":  # checkpointing is for first derivatives of the meta-loss
+        assert torch.autograd.gradgradcheck(meta_loss, (w,))
+
+
+def test_gradcheck_with_respect_to_learning_rate():
+    _, loss_fn, theta, support, query = toy_regression(num_tasks=1)
+    s, q = index_task(support, 0), index_task(query, 0)
+
+    def meta_loss(lr):
+        return loss_fn(adapt(loss_fn, theta, s, sgd(lr), steps=3), q)
+
+    lr = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(meta_loss, (lr,))
+    assert torch.autograd.gradgradcheck(meta_loss, (lr,))
+
+    def checkpointed_meta_loss(lr):
+        return loss_fn(adapt(loss_fn, theta, s, checkpointed(sgd(lr)), steps=3), q)
+
+    assert torch.autograd.gradcheck(checkpointed_meta_loss, (lr,))
+
+
+@pytest.mark.parametrize("elementwise", [True, False])
+def test_meta_sgd_learning_rates_get_the_right_gradient(elementwise):
+    _, loss_fn, theta, support, query = toy_regression(num_tasks=1)
+    s, q = index_task(support, 0), index_task(query, 0)
+    lrs = {k: (torch.full_like(v, 0.2) if elementwise else torch.tensor(0.2, dtype=v.dtype)) for k, v in theta.items()}
+
+    def meta_loss(meta, opt_wrapper=lambda o: o):
+        opt = opt_wrapper(meta_sgd(meta["lrs"]))
+        return loss_fn(adapt(loss_fn, meta["params"], s, opt, steps=2), q)
+
+    meta = {"params": theta, "lrs": lrs}
+    g = grad(meta_loss)(meta)
+    # finite differences on one learning-rate entry
+    eps = 1e-6
+    key = "0.weight"
+    bump = torch.zeros_like(lrs[key]).reshape(-1)
+    bump[0] = eps
+    bump = bump.reshape(lrs[key].shape)
+    plus = meta_loss({"params": theta, "lrs": dict(lrs, **{key: lrs[key] + bump})})
+    minus = meta_loss({"params": theta, "lrs": dict(lrs, **{key: lrs[key] - bump})})
+    fd = (plus - minus) / (2 * eps)
+    assert g["lrs"][key].reshape(-1)[0].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-10)
+    # the checkpointed loop gives the same meta-gradient, lrs included
+    g_ckpt = grad(lambda m: meta_loss(m, checkpointed))(meta)
+    assert_trees_close(g, g_ckpt)
+
+
+def test_meta_sgd_hand_value_for_lr_gradient():
+    # phi = w - a * 2 (w - 1); query loss phi; d/da = -2 (w - 1)
+    lrs = {"w": torch.tensor(0.1, requires_grad=True)}
+    phi = adapt(lambda p, b: ((p["w"] - 1) ** 2).sum(), {"w": torch.tensor([3.0])}, None, meta_sgd(lrs), steps=1)
+    phi["w"].sum().backward()
+    assert lrs["w"].grad.item() == pytest.approx(-4.0)
+
+
+def test_adapt_does_not_mutate_inputs():
+    _, loss_fn, theta, support, _ = toy_regression(num_tasks=1)
+    before = {k: v.clone() for k, v in theta.items()}
+    adapt(loss_fn, theta, index_task(support, 0), sgd(0.3), steps=2)
+    assert_trees_close(theta, before, rtol=0, atol=0)
