@@ -119,11 +119,20 @@ def fit_linear_baseline(
     solutions = torch.linalg.lstsq(
         systems, rhs.unsqueeze(-2).unsqueeze(-1).expand(*systems.shape[:-1], 1)
     ).solution.squeeze(-1)  # (..., R, F)
+    return _first_finite(solutions)
+
+
+def _first_finite(solutions: Tensor) -> Tensor:
+    """(..., R, F) -> (..., F): the first candidate that is all finite (else the last one).
+
+    The retry of rllab (``reg *= 10`` until the solution has no NaN) without branching.
+    """
+    retries, n = solutions.shape[-2:]
     finite = torch.isfinite(solutions).all(-1)  # (..., R)
-    # index of the first finite solution (the last one if none is finite)
-    order = torch.arange(_RETRIES, device=gram.device)
-    first = torch.where(finite, order, _RETRIES - 1).min(-1).values
-    return solutions.gather(-2, first[..., None, None].expand(*solutions.shape[:-2], 1, n))[..., 0, :]
+    order = torch.arange(retries, device=solutions.device)
+    first = torch.where(finite, order, retries - 1).min(-1).values
+    index = first[..., None, None].expand(*solutions.shape[:-2], 1, n)
+    return solutions.gather(-2, index).squeeze(-2)
 
 
 def predict_linear_baseline(coeffs: Tensor, observations: Tensor) -> Tensor:

@@ -180,7 +180,7 @@ def normalize_advantages(
                 [-1.2247,  1.2247,  0.0000]])
     """
     bool_mask = check_rollout("advantages", advantages, mask=mask, finite=("advantages",))
-    advantages = advantages.detach()
+    advantages = apply_mask(advantages.detach(), bool_mask)
     weights = torch.ones_like(advantages) if bool_mask is None else bool_mask.to(advantages.dtype)
     dims = tuple(range(advantages.dim())) if dim is None else dim
     count = weights.sum(dims, keepdim=True)

@@ -1,0 +1,126 @@
+"""The linear feature baseline against rllab's numpy reference and by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.func import vmap
+
+from metaops.rl import (
+    LinearFeatureBaseline,
+    fit_linear_baseline,
+    linear_baseline_features,
+    predict_linear_baseline,
+)
+from metaops.rl._baseline import _first_finite
+
+D = torch.float64
+
+
+def _rllab_fit(paths, reg_coeff=1e-5):
+    """rllab's LinearFeatureBaseline.fit, verbatim in numpy, on a list of variable-length paths."""
+
+    def features(obs):
+        o = np.clip(obs, -10, 10)
+        n = len(obs)
+        al = np.arange(n).reshape(-1, 1) / 100.0
+        return np.concatenate([o, o**2, al, al**2, al**3, np.ones((n, 1))], axis=1)
+
+    featmat = np.concatenate([features(p["observations"]) for p in paths])
+    returns = np.concatenate([p["returns"] for p in paths])
+    for _ in range(5):
+        coeffs = np.linalg.lstsq(
+            featmat.T.dot(featmat) + reg_coeff * np.identity(featmat.shape[1]),
+            featmat.T.dot(returns),
+            rcond=-1,
+        )[0]
+        if not np.any(np.isnan(coeffs)):
+            break
+        reg_coeff *= 10
+    return coeffs
+
+
+def _episodes(seed, lengths=(7, 3, 5), obs_dim=2):
+    g = torch.Generator().manual_seed(seed)
+    T = max(lengths)
+    obs = 4 * torch.randn(len(lengths), T, obs_dim, generator=g, dtype=D)
+    obs[0, 0, 0] = 25.0  # exercises the clip at +-10
+    returns = torch.randn(len(lengths), T, generator=g, dtype=D) + obs[..., 0]
+    mask = torch.arange(T) < torch.tensor(lengths)[:, None]
+    return obs, returns, mask, lengths
+
+
+def test_features_by_hand():
+    obs = torch.tensor([[[20.0, -0.5], [1.0, 2.0]]], dtype=D)
+    f = linear_baseline_features(obs)
+    expected_step1 = torch.tensor([1.0, 2.0, 1.0, 4.0, 0.01, 1e-4, 1e-6, 1.0], dtype=D)
+    torch.testing.assert_close(f[0, 1], expected_step1)
+    torch.testing.assert_close(f[0, 0, :4], torch.tensor([10.0, -0.5, 100.0, 0.25], dtype=D))
+
+
+def test_fit_matches_rllab_on_padded_episodes():
+    obs, returns, mask, lengths = _episodes(0)
+    paths = [{"observations": obs[i, :n].numpy(), "returns": returns[i, :n].numpy()} for i, n in enumerate(lengths)]
+    ref = torch.from_numpy(_rllab_fit(paths))
+    coeffs = fit_linear_baseline(obs, returns, mask=mask)
+    torch.testing.assert_close(coeffs, ref, rtol=1e-6, atol=1e-8)
+    # garbage in padding changes nothing
+    garbage_obs = torch.where(mask[..., None], obs, 1e6)
+    garbage_ret = torch.where(mask, returns, torch.nan)
+    torch.testing.assert_close(fit_linear_baseline(garbage_obs, garbage_ret, mask=mask), coeffs)
+
+
+def test_fit_recovers_an_exactly_representable_function():
+    obs, _, mask, _ = _episodes(1)
+    t = torch.arange(obs.shape[1], dtype=D) / 100
+    o = obs.clamp(-10, 10)
+    truth = 2.0 * o[..., 0] - o[..., 1] ** 2 + 3.0 * t - 0.5
+    coeffs = fit_linear_baseline(obs, truth, mask=mask, reg=1e-10)
+    pred = predict_linear_baseline(coeffs, obs)
+    torch.testing.assert_close(pred[mask], truth[mask], atol=1e-6, rtol=0)
+
+
+def test_batched_over_tasks_equals_loop():
+    tasks = [_episodes(s) for s in range(3)]
+    obs = torch.stack([t[0] for t in tasks])
+    ret = torch.stack([t[1] for t in tasks])
+    mask = torch.stack([t[2] for t in tasks])
+    batched = fit_linear_baseline(obs, ret, mask=mask)
+    looped = torch.stack([fit_linear_baseline(o, r, mask=m) for o, r, m, _ in tasks])
+    torch.testing.assert_close(batched, looped)
+    vmapped = vmap(lambda o, r, m: fit_linear_baseline(o, r, mask=m))(obs, ret, mask)
+    torch.testing.assert_close(vmapped, looped)
+    values = LinearFeatureBaseline.fit(obs, ret, mask=mask)(obs)
+    assert values.shape == ret.shape
+    torch.testing.assert_close(values[1], predict_linear_baseline(looped[1], obs[1]))
+
+
+def test_retry_takes_the_first_finite_solution():
+    sols = torch.tensor(
+        [[[torch.nan, 1.0], [2.0, 3.0], [4.0, 5.0]], [[6.0, 7.0], [8.0, 9.0], [0.0, 0.0]]],
+        dtype=D,
+    )
+    torch.testing.assert_close(_first_finite(sols), torch.tensor([[2.0, 3.0], [6.0, 7.0]], dtype=D))
+
+
+def test_fit_is_outside_the_graph():
+    obs, returns, mask, _ = _episodes(2)
+    coeffs = fit_linear_baseline(obs.requires_grad_(True), returns, mask=mask)
+    assert not coeffs.requires_grad
+
+
+def test_bad_inputs_raise():
+    obs, returns, mask, _ = _episodes(3)
+    with pytest.raises(ValueError, match="matching returns"):
+        fit_linear_baseline(obs[:, :-1], returns, mask=mask)
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_linear_baseline(obs, torch.where(mask, torch.inf, 0.0).to(D), mask=mask)
+    with pytest.raises(ValueError, match="all zeros"):
+        fit_linear_baseline(obs, returns, mask=torch.zeros_like(mask))
+    with pytest.raises(TypeError, match="dtype"):
+        fit_linear_baseline(obs.float(), returns, mask=mask)
+    with pytest.raises(ValueError, match="reg"):
+        fit_linear_baseline(obs, returns, reg=0.0)
+    with pytest.raises(ValueError, match="features"):
+        predict_linear_baseline(torch.zeros(5, dtype=D), obs)

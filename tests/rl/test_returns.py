@@ -1,0 +1,123 @@
+"""Discounted returns, GAE and advantage normalisation against hand-computed values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import vmap
+
+from metaops.rl import discounted_returns, gae, normalize_advantages
+
+D = torch.float64
+
+
+def test_discounted_returns_by_hand():
+    r = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=D)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    out = discounted_returns(r, gamma=0.5, mask=mask)
+    expected = torch.tensor([[1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0], [4 + 0.5 * 5, 5.0, 0.0]], dtype=D)
+    torch.testing.assert_close(out, expected)
+
+
+def test_gae_by_hand():
+    r = torch.tensor([1.0, 0.0, 2.0], dtype=D)
+    v = torch.tensor([0.5, 1.0, 1.5], dtype=D)
+    gamma, lam = 0.9, 0.8
+    d0 = 1.0 + gamma * 1.0 - 0.5
+    d1 = 0.0 + gamma * 1.5 - 1.0
+    d2 = 2.0 + gamma * 0.0 - 1.5  # terminal: next value 0
+    expected = torch.tensor([d0 + gamma * lam * (d1 + gamma * lam * d2), d1 + gamma * lam * d2, d2], dtype=D)
+    torch.testing.assert_close(gae(r, v, gamma=gamma, gae_lambda=lam), expected)
+    # truncated episode: bootstrap with last_values
+    boot = gae(r, v, gamma=gamma, gae_lambda=lam, last_values=torch.tensor(10.0, dtype=D))
+    torch.testing.assert_close(boot[-1], torch.tensor(d2 + gamma * 10.0, dtype=D))
+
+
+def test_gae_limits():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(4, 7, generator=g, dtype=D)
+    v = torch.randn(4, 7, generator=g, dtype=D)
+    mask = torch.ones(4, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    mask[3, 1:] = False
+    ret = discounted_returns(r, gamma=0.95, mask=mask)
+    one = gae(r, v, gamma=0.95, gae_lambda=1.0, mask=mask)
+    torch.testing.assert_close(one, torch.where(mask, ret - v, 0.0))
+    zero = gae(r, v, gamma=0.95, gae_lambda=0.0, mask=mask)
+    nxt = torch.where(mask.roll(-1, -1) & (torch.arange(7) < 6), v.roll(-1, -1), 0.0)
+    torch.testing.assert_close(zero, torch.where(mask, r + 0.95 * nxt - v, 0.0))
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda r, v, m: discounted_returns(r, gamma=0.9, mask=m),
+        lambda r, v, m: gae(r, v, gamma=0.9, gae_lambda=0.7, mask=m),
+        lambda r, v, m: normalize_advantages(r, mask=m),
+    ],
+    ids=["returns", "gae", "normalize"],
+)
+def test_padding_is_irrelevant_and_vmap_equals_loop(fn):
+    g = torch.Generator().manual_seed(1)
+    r = torch.randn(3, 6, generator=g, dtype=D)
+    v = torch.randn(3, 6, generator=g, dtype=D)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[0, 2:] = False
+    mask[2, 5:] = False
+    out = fn(r, v, mask)
+    garbage = fn(torch.where(mask, r, torch.nan), torch.where(mask, v, 1e9), mask)
+    torch.testing.assert_close(out, garbage)
+    assert torch.all(out[~mask] == 0)
+    # vmap over a task dimension equals the Python loop
+    tasks = torch.stack([r, 2 * r]), torch.stack([v, v]), torch.stack([mask, mask])
+    batched = vmap(fn)(*tasks)
+    looped = torch.stack([fn(*(t[k] for t in tasks)) for k in range(2)])
+    torch.testing.assert_close(batched, looped)
+
+
+def test_returns_equal_per_episode_computation():
+    g = torch.Generator().manual_seed(2)
+    r = torch.randn(3, 6, generator=g, dtype=D)
+    v = torch.randn(3, 6, generator=g, dtype=D)
+    lengths = [6, 2, 4]
+    mask = torch.arange(6) < torch.tensor(lengths)[:, None]
+    ret = discounted_returns(r, gamma=0.9, mask=mask)
+    adv = gae(r, v, gamma=0.9, gae_lambda=0.7, mask=mask)
+    for i, n in enumerate(lengths):
+        torch.testing.assert_close(ret[i, :n], discounted_returns(r[i, :n], gamma=0.9))
+        torch.testing.assert_close(adv[i, :n], gae(r[i, :n], v[i, :n], gamma=0.9, gae_lambda=0.7))
+
+
+def test_normalize_advantages_per_task():
+    g = torch.Generator().manual_seed(3)
+    adv = torch.randn(2, 5, 8, generator=g, dtype=D) * torch.tensor([1.0, 50.0], dtype=D)[:, None, None]
+    mask = torch.rand(2, 5, 8, generator=g) > 0.3
+    out = normalize_advantages(adv, mask=mask, dim=(-2, -1))
+    for k in range(2):
+        real = out[k][mask[k]]
+        torch.testing.assert_close(real.mean(), torch.zeros((), dtype=D), atol=1e-12, rtol=0)
+        torch.testing.assert_close(real.std(unbiased=False), torch.ones((), dtype=D))
+    assert torch.all(out[~mask] == 0)
+    # it is outside the graph
+    x = adv.clone().requires_grad_(True)
+    assert not normalize_advantages(x).requires_grad
+
+
+def test_bad_inputs_raise():
+    r = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="non-finite"):
+        discounted_returns(torch.tensor([1.0, torch.nan]), gamma=0.9)
+    with pytest.raises(ValueError, match="non-finite"):
+        gae(torch.tensor([1.0, torch.inf]), torch.zeros(2), gamma=0.9, gae_lambda=0.9)
+    with pytest.raises(ValueError, match="all zeros"):
+        discounted_returns(r, gamma=0.9, mask=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="values has shape"):
+        gae(r, torch.ones(2, 4), gamma=0.9, gae_lambda=0.9)
+    with pytest.raises(TypeError, match="floating-point"):
+        discounted_returns(torch.ones(3, dtype=torch.long), gamma=0.9)
+    with pytest.raises(ValueError, match="gae_lambda"):
+        gae(r, r, gamma=0.9, gae_lambda=2.0)
+    with pytest.raises(ValueError, match="last_values must have shape"):
+        gae(r, r, gamma=0.9, gae_lambda=0.9, last_values=torch.ones(3))
+    with pytest.raises(ValueError, match="no real"):
+        normalize_advantages(r, mask=torch.tensor([[1, 1, 0], [0, 0, 0]]), dim=-1)
