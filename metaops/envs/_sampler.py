@@ -106,6 +106,7 @@ def sample_episodes(
     *,
     generator: torch.Generator,
     horizon: int | None = None,
+    policy_threads: int | None = 1,
 ) -> EpisodeBatch:
     r"""Samples `env.episodes_per_task` episodes for each task with a (per-task) policy.
 
@@ -129,6 +130,10 @@ def sample_episodes(
         tasks: The tasks, one per row of the batch.
         generator: Source of all randomness.
         horizon: Episode length; defaults to `env.horizon`.
+        policy_threads: torch intra-op threads for the policy calls, restored afterwards
+            (`None` leaves torch's setting). One thread is the fast choice for per-step
+            policy calls on a few cores: with more, torch's worker threads wait on cores
+            that are busy with physics or other processes.
 
     Returns:
         An [metaops.envs.EpisodeBatch][] shaped `(task, episode, time, ...)`.
@@ -173,7 +178,27 @@ def sample_episodes(
     horizon = env.horizon if horizon is None else horizon
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be a positive int, got {horizon!r}")
-    params = dict(params)
+    if policy_threads is not None and (
+        isinstance(policy_threads, bool) or not isinstance(policy_threads, int) or policy_threads < 1
+    ):
+        raise ValueError(f"policy_threads must be a positive int or None, got {policy_threads!r}")
+    previous_threads = torch.get_num_threads()
+    if policy_threads is not None:
+        torch.set_num_threads(policy_threads)
+    try:
+        return _sample(env, policy, dict(params), tasks, generator, horizon)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _sample(
+    env: BatchedEnv,
+    policy: nn.Module,
+    params: dict[str, Tensor],
+    tasks: tuple[Any, ...],
+    generator: torch.Generator,
+    horizon: int,
+) -> EpisodeBatch:
     num_tasks, num_episodes = env.num_tasks, env.episodes_per_task
     num_envs, obs_dim, act_dim = env.num_envs, env.observation_dim, env.action_dim
     if _per_task(policy, params, num_tasks):

@@ -219,3 +219,32 @@ def test_misbehaving_env_raises_naming_task_and_episode(make_policy, mode):
     with pytest.raises(EnvError, match=rf"task 2 .*episode 1: Faulty: {message}") as info:
         sample_episodes(env, policy, _params(policy), tasks, generator=torch.Generator().manual_seed(0))
     assert (info.value.task_index, info.value.episode, info.value.task) == (2, 1, tasks[2])
+
+
+def test_policy_threads_are_restored(make_policy):
+    env = make_batched("Navigation2D", num_tasks=1, episodes_per_task=1)
+    policy = make_policy(2, 2)
+    before = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    sample_episodes(env, policy, _params(policy), _tasks("Navigation2D", 1), generator=g)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="policy_threads"):
+        sample_episodes(env, policy, _params(policy), _tasks("Navigation2D", 1), generator=g, policy_threads=0)
+    assert torch.get_num_threads() == before
+
+
+def test_works_with_metaops_rl_gaussian_policy():
+    rl = pytest.importorskip("metaops.rl")
+    env = make_batched("HalfCheetahDir", num_tasks=2, episodes_per_task=2)
+    policy = rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=(16, 16))
+    params = _stacked(_params(policy), 2)
+    batch = sample_episodes(
+        env,
+        policy,
+        params,
+        _tasks("HalfCheetahDir", 2),
+        generator=torch.Generator().manual_seed(0),
+        horizon=4,
+    )
+    assert batch.actions.shape == (2, 2, 4, 6)
+    assert torch.isfinite(batch.log_probs).all()
