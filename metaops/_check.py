@@ -30,6 +30,14 @@ class MetaGradReport:
         second_order_present: Whether it contains the second-order terms (it is closer to the
             finite differences than to the first-order gradient).
         verdict: A one-line human-readable diagnosis.
+
+    Examples:
+        >>> from metaops.inner import sgd
+        >>> loss_fn = lambda p, b: (p["w"] * b).sin().pow(2).mean()
+        >>> report = check_meta_grad(loss_fn, {"w": torch.tensor(1.0)}, torch.ones(3),
+        ...                          torch.ones(3), sgd(0.3), steps=1)
+        >>> print(report)                                  # doctest: +ELLIPSIS
+        meta-gradient matches finite differences (max relative error ...)
     """
 
     finite_difference: list[float]

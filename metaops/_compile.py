@@ -49,6 +49,13 @@ class CompiledMetaStep:
         compiled: Whether calls run the compiled function.
         compile_seconds: Wall time of the first (compiling) call, ``None`` before it.
         fallback_reason: Why compilation was abandoned, if it was.
+
+    Examples:
+        >>> step = compile_meta_step(lambda x: x * 2)
+        >>> step(torch.ones(2))            # first call: eager
+        tensor([2., 2.])
+        >>> step.calls, step.compile_seconds
+        (1, None)
     """
 
     def __init__(self, fn: Callable[..., Any], **compile_kwargs: Any) -> None:

@@ -1,0 +1,71 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import metaops as mo
+from metaops.inner import adapt
+from metaops.nn import MetaSGD, named_params, set_grads
+
+
+def test_named_params_are_the_module_tensors():
+    layer = torch.nn.Linear(2, 3)
+    params = named_params(layer)
+    assert params["weight"] is layer.weight
+    layer.bias.requires_grad_(False)
+    assert sorted(named_params(layer)) == ["weight"]
+    with pytest.raises(TypeError, match="nn.Module"):
+        named_params({"w": torch.ones(1)})
+
+
+def test_set_grads_checks_names_and_shapes():
+    layer = torch.nn.Linear(2, 1)
+    with pytest.raises(ValueError, match=r"unknown names \['w'\], missing names \['bias', 'weight'\]"):
+        set_grads(layer, {"w": torch.ones(1)})
+    with pytest.raises(ValueError, match=r"gradient for 'bias' has shape \(2,\), parameter has \(1,\)"):
+        set_grads(layer, {"weight": torch.ones(1, 2), "bias": torch.ones(2)})
+    set_grads(layer, {"weight": torch.ones(1, 2), "bias": torch.ones(1)})
+    set_grads(layer, {"weight": torch.ones(1, 2), "bias": torch.ones(1)}, accumulate=True)
+    assert layer.bias.grad.item() == 2.0
+
+
+@pytest.mark.parametrize("elementwise", [True, False])
+def test_meta_sgd_module_trains_with_torch_optim_and_round_trips(elementwise):
+    torch.manual_seed(0)
+    net = MetaSGD(torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)), 0.1,
+                  elementwise=elementwise)
+    assert set(net.learning_rates()) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.linspace(-1, 1, 8).unsqueeze(-1)
+    y = torch.sin(3 * x)
+
+    def loss_fn(p, b):
+        return F.mse_loss(torch.func.functional_call(net.model, p, (b[0],)), b[1])
+
+    meta = net.meta_params()
+    phi = adapt(loss_fn, meta["params"], (x, y), net.optimizer(meta), steps=2)
+    loss_fn(phi, (x, y)).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in net.lrs.values())
+    before = net.lrs["0:weight"].detach().clone()
+    opt.step()
+    assert not torch.equal(before, net.lrs["0:weight"])
+    clone = MetaSGD(torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)), 0.5,
+                    elementwise=elementwise)
+    clone.load_state_dict(net.state_dict())
+    torch.testing.assert_close(clone.learning_rates()["2.bias"], net.learning_rates()["2.bias"])
+
+
+def test_meta_sgd_meta_value_and_grad_with_pytree_meta_params():
+    net = MetaSGD(torch.nn.Linear(1, 1), 0.1)
+    x = torch.randn(3, 5, 1)
+    y = 2 * x
+
+    def loss_fn(p, b):
+        return F.mse_loss(torch.func.functional_call(net.model, p, (b[0],)), b[1])
+
+    def task_loss(meta, xs, ys):
+        phi = adapt(loss_fn, meta["params"], (xs, ys), mo.inner.meta_sgd(meta["lrs"]), steps=1)
+        return loss_fn(phi, (xs, ys))
+
+    meta = {k: {n: t.detach() for n, t in v.items()} for k, v in net.meta_params().items()}
+    loss, grads = mo.meta_value_and_grad(task_loss, meta, x, y)
+    assert set(grads) == {"params", "lrs"} and grads["lrs"]["weight"].shape == (1, 1)
