@@ -42,3 +42,15 @@ def test_public_docstring_has_an_example(path, obj):
         return  # exceptions document when they are raised; their raisers carry the examples
     assert "Examples:" in doc, f"{path}'s docstring has no Examples: section"
     assert ">>>" in doc, f"{path}'s Examples: has no doctest"
+
+
+def test_only_metaops_tree_imports_the_private_pytree_module():
+    from pathlib import Path
+
+    root = Path(metaops.__file__).parent
+    offenders = [
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "_pytree" in path.read_text() and path.name != "tree.py"
+    ]
+    assert offenders == []

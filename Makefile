@@ -1,0 +1,50 @@
+# metaops: two commands on a fresh machine with only Python 3.10+.
+#   make demo   meta-trains MAML on sinusoids (the main job) and writes runs/maml_sine/
+#   make test   runs the whole test suite, the docs build (strict) and the linters
+# Both bootstrap .venv from pyproject.toml on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned here: a bare "torch" requirement could pull a multi-GB
+# CUDA build, while torch==2.13.0 is a CPU wheel on our machines. Override to taste, e.g.
+#   make test TORCH_SPEC="torch==2.5.1"
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: venv demo test test-slow docs serve-docs bench lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,docs,bench]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(PY) -m recipes.maml_sine
+
+test: venv
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lint docs
+
+test-slow: venv
+	$(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check metaops recipes tests benchmarks
+	$(VENV)/bin/lint-imports
+
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+
+serve-docs: venv
+	$(VENV)/bin/mkdocs serve
+
+bench: venv
+	$(PY) benchmarks/bench_meta_grad.py
+
+clean:
+	rm -rf $(VENV) site runs .pytest_cache
