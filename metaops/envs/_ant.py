@@ -109,7 +109,9 @@ class AntGoalEnv(_AntTaskEnv):
       - 5\cdot 10^{-4} \lVert \operatorname{clip}(F_\text{ext}, -1, 1)\rVert_2^2,$$
 
     with $p_{xy}$ the torso position after the step, as in ProMP's `AntRandGoalEnv`:
-    no survival bonus and no termination. Registered horizon: 200 steps.
+    no survival bonus and no termination. Unlike the other Ant tasks, observations keep
+    the torso's $x, y$ (107 dims), as in ProMP: reaching a position needs it.
+    Registered horizon: 200 steps.
 
     Args:
         task: Initial task.
@@ -129,6 +131,7 @@ class AntGoalEnv(_AntTaskEnv):
         kwargs.setdefault("ctrl_cost_weight", 0.1)
         kwargs.setdefault("healthy_reward", 0.0)
         kwargs.setdefault("terminate_when_unhealthy", False)
+        kwargs.setdefault("exclude_current_positions_from_observation", False)
         super().__init__(**kwargs)
         self._init_task(task)
 
@@ -161,10 +164,13 @@ class _AntKernel(_Kernel):
     healthy_reward = 1.0
     terminate_when_unhealthy = True
 
+    observe_xy = False
+
     def observe(self, s: _State) -> np.ndarray:
         assert s.cfrc_ext is not None
         forces = np.clip(s.cfrc_ext[:, 1:], -1.0, 1.0).reshape(len(s.qpos), -1)
-        return np.concatenate([s.qpos[:, 2:], s.qvel, forces], axis=1)
+        qpos = s.qpos if self.observe_xy else s.qpos[:, 2:]
+        return np.concatenate([qpos, s.qvel, forces], axis=1)
 
     def forward_reward(self, velocity: np.ndarray, after: _State, task: dict[str, np.ndarray]) -> np.ndarray:
         raise NotImplementedError
@@ -228,6 +234,7 @@ class _AntGoalKernel(_AntKernel):
     ctrl_cost_weight = 0.1
     healthy_reward = 0.0
     terminate_when_unhealthy = False
+    observe_xy = True
 
     def task_arrays(self, tasks: Sequence[GoalTask]) -> dict[str, np.ndarray]:
         return {"goal": np.array([t.goal for t in tasks]).reshape(-1, 2)}

@@ -144,7 +144,7 @@ def make_batched(name: str, *, num_tasks: int, episodes_per_task: int, num_threa
     Examples:
         >>> env = make_batched("AntGoal", num_tasks=2, episodes_per_task=3)
         >>> env.num_envs, env.observation_dim, env.action_dim, env.horizon
-        (6, 105, 8, 200)
+        (6, 107, 8, 200)
     """
     entry = _REGISTRY[_canonical(name)]
     if entry.kernel is None:
