@@ -7,11 +7,20 @@ The public API lives in these namespaces (one public path per object):
 - ``metaops.tree``: pytree utilities.
 - ``metaops.nn``: thin ``nn.Module`` conveniences.
 - ``metaops.tasks``: supervised task distributions.
+- ``metaops.estimators``: Monte-Carlo meta-gradient estimators for RL (DiCE, LVC, ...).
+- ``metaops.rl``: RL building blocks (returns, GAE, baselines, policies, critics, TRPO, PPO).
+- ``metaops.envs``: gymnasium + MuJoCo meta-RL tasks and the task-batched sampler
+  (imported on first use).
+- ``metaops.experiment``: checkpoints, run logs, confidence intervals, plots for recipes
+  (imported on first use).
 - top level: ``map_tasks``, ``meta_value_and_grad``, ``check_meta_grad``,
   ``compile_meta_step``.
 """
 
-from metaops import implicit, inner, nn, tasks, tree
+import importlib
+from typing import Any
+
+from metaops import estimators, implicit, inner, nn, rl, tasks, tree
 from metaops._batching import map_tasks, meta_value_and_grad
 from metaops._check import MetaGradReport, check_meta_grad
 from metaops._compile import CompiledMetaStep, compile_meta_step
@@ -24,6 +33,10 @@ __all__ = [
     "tree",
     "nn",
     "tasks",
+    "estimators",
+    "rl",
+    "envs",
+    "experiment",
     "map_tasks",
     "meta_value_and_grad",
     "check_meta_grad",
@@ -31,3 +44,11 @@ __all__ = [
     "compile_meta_step",
     "CompiledMetaStep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # envs (gymnasium, MuJoCo) and experiment (matplotlib, TensorBoard) are heavy imports:
+    # load them on first use only.
+    if name in ("envs", "experiment"):
+        return importlib.import_module(f"metaops.{name}")
+    raise AttributeError(f"module 'metaops' has no attribute {name!r}")

@@ -12,7 +12,7 @@ def _python_blocks(path: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", path.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize("page", ["tutorials/maml_in_a_few_lines.md", "index.md"])
+@pytest.mark.parametrize("page", ["tutorials/maml_in_a_few_lines.md", "index.md", "../README.md"])
 def test_tutorial_code_runs(page, capsys):
     blocks = _python_blocks(DOCS / page)
     assert blocks, f"{page} has no python code"
