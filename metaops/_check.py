@@ -130,7 +130,7 @@ def check_meta_grad(
     fd, claimed, fo = [], [], []
     with torch.no_grad():
         for _ in range(num_directions):
-            u = tree_map(lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype), theta)
+            u = tree_map(lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device), theta)
             norm = tree_vdot(u, u).sqrt()
             u = tree_map(lambda x: x / norm, u)
             plus = meta_loss(tree_map(lambda t, d: t + eps * d, theta, u), optimizer)

@@ -74,9 +74,12 @@ class Sinusoid:
 
     def sample_data(
         self, tasks: list[SinusoidTask], shots: int, *, generator: torch.Generator,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Samples ``shots`` points per task: ``(x, y)`` each of shape ``(tasks, shots, 1)``.
+
+        Sampling runs on the CPU generator (reproducible on every device); the result is moved
+        to ``device``.
 
         Examples:
             >>> g = torch.Generator().manual_seed(0)
@@ -90,11 +93,12 @@ class Sinusoid:
         phase = torch.tensor([t.phase for t in tasks], dtype=dtype).view(-1, 1, 1)
         low, high = self.input_range
         x = low + (high - low) * torch.rand(len(tasks), shots, 1, generator=generator, dtype=dtype)
-        return x, amplitude * torch.sin(x - phase)
+        return x.to(device), (amplitude * torch.sin(x - phase)).to(device)
 
     def sample_batch(
         self, tasks: list[SinusoidTask], shots: int, *, generator: torch.Generator,
         query_shots: int | None = None, dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
     ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         """Samples support and query sets (``shots`` and ``query_shots`` points) per task.
 
@@ -105,8 +109,8 @@ class Sinusoid:
             >>> support[0].shape
             torch.Size([4, 10, 1])
         """
-        support = self.sample_data(tasks, shots, generator=generator, dtype=dtype)
-        query = self.sample_data(tasks, query_shots or shots, generator=generator, dtype=dtype)
+        support = self.sample_data(tasks, shots, generator=generator, dtype=dtype, device=device)
+        query = self.sample_data(tasks, query_shots or shots, generator=generator, dtype=dtype, device=device)
         return support, query
 
 
