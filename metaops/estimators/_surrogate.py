@@ -9,9 +9,7 @@ from metaops.estimators._validate import apply_mask, check_rollout
 __all__ = ["score_function_objective"]
 
 
-def score_function_objective(
-    log_probs: Tensor, advantages: Tensor, *, mask: Tensor | None = None
-) -> Tensor:
+def score_function_objective(log_probs: Tensor, advantages: Tensor, *, mask: Tensor | None = None) -> Tensor:
     r"""Computes the plain score-function surrogate $\sum_t \log\pi_\theta(a_t\mid s_t)\,\bot(A_t)$.
 
     $$\mathcal{J}^{\mathrm{SF}} = \sum_{t=0}^{T-1} \log\pi_\theta(a_t\mid s_t)\, \bot(A_t).$$

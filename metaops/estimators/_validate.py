@@ -26,8 +26,7 @@ def check_float(name: str, x: object) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(
-            f"{name} must be a floating-point tensor, got dtype {x.dtype} "
-            f"(convert with {name}.float() or .double())"
+            f"{name} must be a floating-point tensor, got dtype {x.dtype} (convert with {name}.float() or .double())"
         )
     return x
 

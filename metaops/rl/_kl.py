@@ -61,7 +61,7 @@ def mean_kl(
         return kl.mean()
     bool_mask = as_mask(mask, "kl per step", kl)
     weights = bool_mask.to(kl.dtype)
-    kl = torch.where(bool_mask, kl, torch.zeros((), dtype=kl.dtype))
+    kl = torch.where(bool_mask, kl, torch.zeros((), dtype=kl.dtype, device=kl.device))
     return (kl * weights).sum() / weights.sum()
 
 
@@ -71,7 +71,7 @@ def kl_hvp(kl_fn: Callable[[Params], Tensor], params: Params, v: Params, *, damp
     For $D(\theta) = \overline{\mathrm{KL}}(\pi_{\bot(\theta_\text{old})} \,\|\, \pi_\theta)$ the
     Hessian at $\theta = \theta_\text{old}$ is the Fisher information matrix (of the action
     distributions, averaged over states), the metric of natural gradients and TRPO. Computed
-    forward-over-reverse with [metaops.implicit.hvp][], so the matrix is never formed, and it
+    with [metaops.implicit.hvp][], so the matrix is never formed, and it
     works when ``kl_fn`` runs through an inner adaptation step (the HVP then differentiates
     through the inner gradient: a third-order product, still exact).
 

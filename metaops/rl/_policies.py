@@ -120,7 +120,8 @@ def gaussian_entropy(log_std: Tensor) -> Tensor:
 def gaussian_sample(mean: Tensor, log_std: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     r"""Draws $a = \mu + \sigma \odot \varepsilon$, $\varepsilon \sim \mathcal{N}(0, I)$ (no graph).
 
-    Call it outside ``torch.func`` transforms, in the rollout loop.
+    Call it outside ``torch.func`` transforms, in the rollout loop. A ``generator`` must live on
+    the device of ``mean``.
 
     Args:
         mean: $\mu$, shape `(..., d)`.

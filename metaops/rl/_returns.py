@@ -30,8 +30,9 @@ def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = N
 
     Computed by the backward recursion $G_t = r_t + \gamma\, m_{t+1}\, G_{t+1}$ (with
     $G_T = 0$), where $m$ is the mask: a padded step ($m = 0$) cuts the recursion, so padding at
-    the end of an episode contributes nothing. Padded entries of the result are zero. This is a
-    data-preparation function: the result is detached.
+    the end of an episode contributes nothing (and real steps after a gap start a new episode).
+    Padded entries of the result are zero. This is a data-preparation function: the result is
+    detached.
 
     Args:
         rewards: $r_t$, shape `(..., T)`.

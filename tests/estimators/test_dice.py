@@ -30,9 +30,7 @@ BASELINES = _baselines()
 
 def _dice(baseline_name):
     baseline = BASELINES[baseline_name]
-    return lambda th: dice_objective(
-        MDP.log_probs(th), MDP.rewards, gamma=MDP.gamma, baseline=baseline, mask=MDP.mask
-    )
+    return lambda th: dice_objective(MDP.log_probs(th), MDP.rewards, gamma=MDP.gamma, baseline=baseline, mask=MDP.mask)
 
 
 def test_magic_box_value_and_derivatives():
@@ -105,9 +103,7 @@ def _mc_advantages():
 
 def _loaded(decay):
     adv = _mc_advantages()
-    return lambda th: loaded_dice_objective(
-        MDP.log_probs(th), adv, gamma=MDP.gamma, decay=decay, mask=MDP.mask
-    )
+    return lambda th: loaded_dice_objective(MDP.log_probs(th), adv, gamma=MDP.gamma, decay=decay, mask=MDP.mask)
 
 
 @pytest.mark.parametrize("decay", [0.0, 0.5, 1.0])
@@ -136,9 +132,7 @@ def test_loaded_dice_with_unit_decay_equals_dice_with_baseline_per_sample():
     returns = (rewards * gamma**t).flip(-1).cumsum(-1).flip(-1) / gamma**t
     lp = lambda th: torch.log_softmax(torch.stack([th, -th]), 0)[0]
     dice = lambda th: dice_objective(lp(th), rewards, gamma=gamma, baseline=baseline).sum()
-    loaded = lambda th: loaded_dice_objective(
-        lp(th), returns - baseline, gamma=gamma, decay=1.0
-    ).sum()
+    loaded = lambda th: loaded_dice_objective(lp(th), returns - baseline, gamma=gamma, decay=1.0).sum()
     _close(grad(dice)(theta), grad(loaded)(theta))
     _close(hessian(dice)(theta), hessian(loaded)(theta))
 

@@ -20,12 +20,8 @@ B, T = 3, 5
 # Each estimator as f(log_probs, second, third, mask) with second/third (..., T) constants.
 ESTIMATORS = {
     "dice": lambda lp, x, y, mask=None: dice_objective(lp, x, gamma=0.9, mask=mask),
-    "dice_baseline": lambda lp, x, y, mask=None: dice_objective(
-        lp, x, gamma=0.9, baseline=y, mask=mask
-    ),
-    "loaded_dice": lambda lp, x, y, mask=None: loaded_dice_objective(
-        lp, x, gamma=0.95, decay=0.8, mask=mask
-    ),
+    "dice_baseline": lambda lp, x, y, mask=None: dice_objective(lp, x, gamma=0.9, baseline=y, mask=mask),
+    "loaded_dice": lambda lp, x, y, mask=None: loaded_dice_objective(lp, x, gamma=0.95, decay=0.8, mask=mask),
     "lvc": lambda lp, x, y, mask=None: lvc_objective(lp, x, mask=mask),
     "likelihood_ratio": lambda lp, x, y, mask=None: likelihood_ratio_objective(lp, y, x, mask=mask),
     "score_function": lambda lp, x, y, mask=None: score_function_objective(lp, x, mask=mask),
@@ -97,9 +93,7 @@ def test_vmap_of_grad_equals_python_loop(name):
     looped = torch.stack([grad(per_task)(*t) for t in tasks])
     torch.testing.assert_close(batched, looped)
     # and the hessian-vector structure under vmap (second order) agrees too
-    hv = lambda th, x, y, m: torch.func.jvp(
-        grad(lambda u: per_task(u, x, y, m)), (th,), (torch.ones_like(th),)
-    )[1]
+    hv = lambda th, x, y, m: torch.func.jvp(grad(lambda u: per_task(u, x, y, m)), (th,), (torch.ones_like(th),))[1]
     torch.testing.assert_close(vmap(hv)(*stacked), torch.stack([hv(*t) for t in tasks]))
 
 

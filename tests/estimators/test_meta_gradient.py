@@ -27,9 +27,7 @@ def _inner_objective(kind, log_probs, rewards):
     """Per-trajectory inner objective, shape (..., N)."""
     rewards = MDP.rewards if rewards is None else rewards
     if kind == "dice":
-        return dice_objective(
-            log_probs, rewards, gamma=MDP.gamma, baseline=MDP.values, mask=MDP.mask
-        )
+        return dice_objective(log_probs, rewards, gamma=MDP.gamma, baseline=MDP.values, mask=MDP.mask)
     rtg = MDP.reward_to_go()
     fn = {"lvc": lvc_objective, "score_function": score_function_objective}[kind]
     return fn(log_probs, rtg, mask=MDP.mask)
@@ -179,9 +177,7 @@ def test_sampled_dice_meta_gradient_monte_carlo_within_standard_errors():
         adapted = _adapted_per_inner_trajectory(THETA)
         post_probs = MDP.probs_under(adapted)[inner_idx]  # (samples, N)
         outer_idx = torch.multinomial(post_probs, 1, generator=g).squeeze(-1)
-    rows = lambda idx: tuple(
-        x[idx] for x in (MDP.states, MDP.actions, MDP.rewards, MDP.mask, MDP.values)
-    )
+    rows = lambda idx: tuple(x[idx] for x in (MDP.states, MDP.actions, MDP.rewards, MDP.mask, MDP.values))
     per_sample = vmap(grad(_dice_meta_estimate), in_dims=(None, 0, 0))(
         THETA, rows(inner_idx), rows(outer_idx)
     )  # (samples, P)

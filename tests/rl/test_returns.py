@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch.func import vmap
 
 from metaops.rl import discounted_returns, gae, normalize_advantages
@@ -121,3 +123,22 @@ def test_bad_inputs_raise():
         gae(r, r, gamma=0.9, gae_lambda=0.9, last_values=torch.ones(3))
     with pytest.raises(ValueError, match="no real"):
         normalize_advantages(r, mask=torch.tensor([[1, 1, 0], [0, 0, 0]]), dim=-1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=4),
+    gamma=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_property_gae_with_unit_lambda_is_returns_minus_values(lengths, gamma, seed):
+    g = torch.Generator().manual_seed(seed)
+    T = 6
+    r = torch.randn(len(lengths), T, generator=g, dtype=D)
+    v = torch.randn(len(lengths), T, generator=g, dtype=D)
+    mask = torch.arange(T) < torch.tensor(lengths)[:, None]
+    ret = discounted_returns(r, gamma=gamma, mask=mask)
+    torch.testing.assert_close(gae(r, v, gamma=gamma, gae_lambda=1.0, mask=mask), torch.where(mask, ret - v, 0.0))
+    # and the return at t = 0 is the discounted sum of the episode's rewards
+    t = torch.arange(T, dtype=D)
+    torch.testing.assert_close(ret[:, 0], (torch.where(mask, r, 0.0) * torch.tensor(gamma, dtype=D) ** t).sum(-1))
