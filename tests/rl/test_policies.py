@@ -125,3 +125,22 @@ def test_bad_inputs_raise():
         gaussian_log_prob(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 3))
     with pytest.raises(TypeError, match="floating-point"):
         gaussian_log_prob(torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.long))
+
+
+def test_distribution_functions_pass_gradcheck_and_gradgradcheck():
+    mean, log_std, actions = _randn(2, 3), _randn(2, 3) * 0.3, _randn(2, 3)
+    mean2, log_std2 = _randn(2, 3), _randn(2, 3) * 0.3
+    logits, logits2 = _randn(2, 4), _randn(2, 4)
+    acts = torch.tensor([1, 3])
+    cases = [
+        (lambda m, s: gaussian_log_prob(m, s, actions), (mean, log_std)),
+        (gaussian_kl, (mean, log_std, mean2, log_std2)),
+        (gaussian_entropy, (log_std,)),
+        (lambda lg: categorical_log_prob(lg, acts), (logits,)),
+        (categorical_kl, (logits, logits2)),
+        (categorical_entropy, (logits,)),
+    ]
+    for fn, inputs in cases:
+        inputs = tuple(x.clone().requires_grad_(True) for x in inputs)
+        assert torch.autograd.gradcheck(fn, inputs)
+        assert torch.autograd.gradgradcheck(fn, inputs)

@@ -76,3 +76,21 @@ def test_promp_objective_is_clipped_surrogate_minus_kl_penalty():
     )
     stepped = theta + 0.1 * grad(zero_adv)(theta)
     assert zero_adv(stepped) > zero_adv(theta)
+
+
+def test_ppo_and_promp_vmap_of_grad_equals_loop():
+    g = torch.Generator().manual_seed(2)
+    theta = torch.randn(3, 4, 5, generator=g, dtype=D)
+    old = torch.randn(3, 4, 5, generator=g, dtype=D) * 0.1 - 1.0
+    adv = torch.randn(3, 4, 5, generator=g, dtype=D)
+    mask = torch.rand(3, 4, 5, generator=g) > 0.2
+
+    def per_task(th, o, a, m):
+        lp = th - 1.0
+        kl = ((th - o - 1.0) ** 2 * m).sum() / m.sum()
+        clip = ppo_clip_objective(lp, o, a, clip=0.2, mask=m).mean()
+        return clip + promp_objective(lp, o, a, kl=kl, kl_coeff=0.3, mask=m).mean()
+
+    batched = torch.func.vmap(grad(per_task))(theta, old, adv, mask)
+    looped = torch.stack([grad(per_task)(theta[i], old[i], adv[i], mask[i]) for i in range(3)])
+    torch.testing.assert_close(batched, looped)
