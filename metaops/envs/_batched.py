@@ -66,6 +66,11 @@ class StepResult(NamedTuple):
         rewards: `(num_envs,)` float64 (zero where the environment was inactive).
         terminated: `(num_envs,)` bool.
         infos: Named per-step diagnostics, each `(num_envs,)` float64.
+
+    Examples:
+        >>> out = StepResult(np.zeros((2, 3)), np.zeros(2), np.zeros(2, dtype=bool), {})
+        >>> out.observations.shape
+        (2, 3)
     """
 
     observations: np.ndarray

@@ -223,7 +223,12 @@ Task = NavigationTask | VelocityTask | DirectionTask | Direction2DTask | GoalTas
 
 @runtime_checkable
 class TaskDistribution(Protocol):
-    """What every task distribution provides: seeded sampling of a list of tasks."""
+    """What every task distribution provides: seeded sampling of a list of tasks.
+
+    Examples:
+        >>> isinstance(VelocityTasks(), TaskDistribution)
+        True
+    """
 
     def sample_tasks(self, num_tasks: int, *, generator: torch.Generator | None = None) -> list[Any]:
         """Samples `num_tasks` independent tasks using `generator`."""

@@ -248,3 +248,21 @@ def test_works_with_metaops_rl_gaussian_policy():
     )
     assert batch.actions.shape == (2, 2, 4, 6)
     assert torch.isfinite(batch.log_probs).all()
+
+
+@pytest.mark.slow
+@pytest.mark.mujoco
+def test_full_size_batch_is_deterministic():
+    """40 tasks x 20 episodes x 200 steps of HalfCheetahVel with per-task params, twice."""
+    rl = pytest.importorskip("metaops.rl")
+    env = make_batched("HalfCheetahVel", num_tasks=40, episodes_per_task=20)
+    policy = rl.GaussianMLPPolicy(env.observation_dim, env.action_dim)
+    params = {
+        k: v.detach() + 0.01 * torch.randn(40, *v.shape, generator=torch.Generator().manual_seed(1))
+        for k, v in policy.named_parameters()
+    }
+    tasks = _tasks("HalfCheetahVel", 40)
+    runs = [sample_episodes(env, policy, params, tasks, generator=torch.Generator().manual_seed(3)) for _ in range(2)]
+    _assert_batches_equal(*runs)
+    assert runs[0].rewards.shape == (40, 20, 200)
+    assert torch.isfinite(runs[0].observations).all()
