@@ -211,6 +211,7 @@ def _sample(
         def distribution(obs: Tensor) -> Any:
             return functional_call(policy, params, (obs,))
 
+    param_dtype = next(iter(params.values())).dtype  # observations are fed in this dtype
     seeds = torch.randint(0, 2**31 - 1, (num_envs,), generator=generator).numpy()
     observations = np.zeros((num_envs, horizon, obs_dim), dtype=np.float32)
     actions = np.zeros((num_envs, horizon, act_dim), dtype=np.float32)
@@ -227,7 +228,8 @@ def _sample(
     for t in range(horizon):
         obs32 = obs.astype(np.float32)
         with torch.no_grad():
-            dist = distribution(torch.from_numpy(obs32).view(num_tasks, num_episodes, obs_dim))
+            policy_obs = torch.from_numpy(obs32).to(param_dtype)
+            dist = distribution(policy_obs.view(num_tasks, num_episodes, obs_dim))
             action = policy.sample(dist, generator=generator)
             log_prob = policy.log_prob(dist, action)
         if tuple(action.shape) != (num_tasks, num_episodes, act_dim):

@@ -266,3 +266,17 @@ def test_full_size_batch_is_deterministic():
     _assert_batches_equal(*runs)
     assert runs[0].rewards.shape == (40, 20, 200)
     assert torch.isfinite(runs[0].observations).all()
+
+
+def test_float64_policy(make_policy):
+    env = make_batched("Navigation2D", num_tasks=2, episodes_per_task=1)
+    policy = make_policy(2, 2).double()
+    batch = sample_episodes(
+        env,
+        policy,
+        _params(policy),
+        _tasks("Navigation2D", 2),
+        generator=torch.Generator().manual_seed(0),
+        horizon=3,
+    )
+    assert batch.observations.dtype == torch.float32 and torch.isfinite(batch.log_probs).all()
