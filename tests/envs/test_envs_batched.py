@@ -136,6 +136,9 @@ def test_unstable_simulation_raises_an_error_naming_task_and_episode(tmp_path, m
             env.step(np.ones((4, 3)), np.ones(4, dtype=bool))
     assert (info.value.task_index, info.value.episode) == (1, 0)
     assert info.value.task == heavy
+    env.reset([good, good], seeds=np.arange(4))  # a reset clears the failure
+    for _ in range(5):
+        env.step(np.zeros((4, 3)), np.ones(4, dtype=bool))
 
 
 def test_bad_arguments_raise_clear_errors():
