@@ -1,0 +1,128 @@
+"""Atomic checkpoints: write to a temporary file, fsync, then rename over the target."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+
+CHECKPOINT_VERSION = 1
+_FORMAT = "metaops-checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    """Raised when a checkpoint is missing, truncated, corrupt or of another format version.
+
+    Examples:
+        >>> issubclass(CheckpointError, RuntimeError)
+        True
+    """
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Saves ``state`` to ``path`` atomically: a crash leaves the old file or the new one.
+
+    The state is written with ``torch.save`` to a temporary file in the same directory, which
+    is flushed and ``fsync``-ed and then renamed over ``path`` with ``os.replace`` (atomic on
+    POSIX and Windows). The directory is ``fsync``-ed too where the platform allows it, so the
+    rename itself survives a power cut. The file records a format tag and
+    ``CHECKPOINT_VERSION``, which [metaops.experiment.load_checkpoint][] checks.
+
+    Args:
+        path: Destination file; its parent directory is created if needed.
+        state: A dict of tensors, numbers, strings and nested lists/tuples/dicts of those
+            (e.g. ``model.state_dict()``, ``optimizer.state_dict()``,
+            ``generator.get_state()``); it must load with ``torch.load(weights_only=True)``.
+
+    Raises:
+        TypeError: If ``state`` is not a dict.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "ckpt.pt"
+        >>> save_checkpoint(path, {"iteration": 3, "w": torch.ones(2)})
+        >>> load_checkpoint(path)["iteration"]
+        3
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"save_checkpoint: state must be a dict, got {type(state).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": _FORMAT, "version": CHECKPOINT_VERSION, "state": state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads a checkpoint written by [metaops.experiment.save_checkpoint][].
+
+    Loading uses ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        The ``state`` dict that was saved.
+
+    Raises:
+        CheckpointError: If the file is missing, empty, truncated or otherwise unreadable,
+            is not a metaops checkpoint, or has a different format version; the message names
+            the file and the problem.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "ckpt.pt"
+        >>> _ = path.write_bytes(b"not a checkpoint")
+        >>> load_checkpoint(path)
+        Traceback (most recent call last):
+        ...
+        metaops.experiment._checkpoint.CheckpointError: checkpoint ... is corrupt or truncated ...
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - every read failure means the same to the caller
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupt or truncated ({size} bytes; "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT or "state" not in payload:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a metaops checkpoint")
+    version = payload.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {version!r}, this metaops reads "
+            f"version {CHECKPOINT_VERSION}; rerun without resuming, or use the metaops that wrote it"
+        )
+    return payload["state"]

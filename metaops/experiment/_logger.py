@@ -1,0 +1,204 @@
+"""A resumable run logger: CSV rows, TensorBoard scalars and a tqdm progress bar."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+from tqdm.auto import tqdm
+
+__all__ = ["RunLogger", "save_json"]
+
+
+def save_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON to ``path`` atomically (temporary file + rename).
+
+    Args:
+        path: Destination file; its parent directory is created if needed.
+        obj: Anything ``json.dumps`` accepts (non-finite floats are written as ``NaN``).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "metrics.json"
+        >>> save_json(path, {"mse": 0.5})
+        >>> print(path.read_text())
+        {
+          "mse": 0.5
+        }
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunLogger:
+    """Logs scalars to ``<out_dir>/metrics.csv`` and TensorBoard, and drives a progress bar.
+
+    Each [log][metaops.experiment.RunLogger.log] call appends one CSV row (``step`` plus the
+    metrics, under the columns declared by ``fields``; a metric left out is an empty cell) and
+    one TensorBoard scalar per metric under ``<out_dir>/tensorboard``. [advance][metaops.experiment.RunLogger.advance] moves the tqdm
+    bar.
+
+    **Resuming without duplicates.** Save [rows][metaops.experiment.RunLogger.rows] in the
+    checkpoint together with the iteration. To resume, construct the logger with
+    ``rows=<saved rows>`` and ``initial=<saved iteration>``: the CSV is cut back to its
+    first ``rows`` data rows (dropping anything logged after the checkpoint, which the resumed
+    run logs again) and TensorBoard purges events at steps ``>= initial``. With ``rows=0`` the
+    CSV is started afresh.
+
+    Args:
+        out_dir: Run directory (created if needed).
+        fields: The metric names (CSV columns after ``step``).
+        total: Total iterations, for the progress bar.
+        initial: Iteration the run starts (or resumes) at.
+        rows: CSV data rows to keep from an earlier run (``0``: start a new file).
+        tensorboard: Also write TensorBoard event files.
+        progress: Show a tqdm progress bar (on stderr).
+        desc: Progress bar label.
+
+    Raises:
+        ValueError: If ``rows`` is negative, exceeds the rows the existing CSV holds, or the
+            existing CSV has other columns than ``fields``.
+
+    Examples:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp()
+        >>> with RunLogger(out, fields=["loss"], total=2, tensorboard=False, progress=False) as logger:
+        ...     logger.log(0, {"loss": 1.0})
+        ...     logger.log(1, {"loss": 0.5})
+        ...     logger.rows
+        2
+        >>> with RunLogger(out, fields=["loss"], total=2, initial=1, rows=1, tensorboard=False, progress=False) as logger:
+        ...     logger.log(1, {"loss": 0.25})       # the resumed run logs step 1 again
+        ...     logger.history()["loss"]
+        [1.0, 0.25]
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        *,
+        fields: Sequence[str],
+        total: int,
+        initial: int = 0,
+        rows: int = 0,
+        tensorboard: bool = True,
+        progress: bool = True,
+        desc: str | None = None,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.csv_path = self.out_dir / "metrics.csv"
+        if rows < 0:
+            raise ValueError(f"RunLogger: rows must be >= 0, got {rows}")
+        self._fields = ["step", *fields]
+        if len(set(self._fields)) != len(self._fields):
+            raise ValueError(f"RunLogger: duplicate or reserved ('step') names in fields {list(fields)}")
+        self._rows = 0
+        if rows > 0:
+            self._truncate(rows)
+        self._file = open(self.csv_path, "a" if rows > 0 else "w", newline="")  # noqa: SIM115
+        self._writer = csv.DictWriter(self._file, self._fields)
+        if rows == 0:
+            self._writer.writeheader()
+            self._file.flush()
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=initial or None)
+        self._bar = tqdm(total=total, initial=initial, desc=desc, disable=not progress, dynamic_ncols=True)
+
+    def _truncate(self, rows: int) -> None:
+        if not self.csv_path.is_file():
+            raise ValueError(f"RunLogger: resuming at {rows} rows, but {str(self.csv_path)!r} does not exist")
+        with open(self.csv_path, newline="") as f:
+            lines = f.read().splitlines(keepends=True)
+        if len(lines) - 1 < rows:
+            raise ValueError(
+                f"RunLogger: resuming at {rows} rows, but {str(self.csv_path)!r} holds only "
+                f"{max(len(lines) - 1, 0)}; the log does not belong to this checkpoint"
+            )
+        header = next(csv.reader(io.StringIO(lines[0])))
+        if header != self._fields:
+            raise ValueError(
+                f"RunLogger: {str(self.csv_path)!r} has columns {header}, this run logs {self._fields}"
+            )
+        self._rows = rows
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.out_dir)
+        with os.fdopen(fd, "w", newline="") as f:
+            f.writelines(lines[: rows + 1])
+        os.replace(tmp, self.csv_path)
+
+    @property
+    def rows(self) -> int:
+        """Number of CSV data rows written so far (store it in checkpoints)."""
+        return self._rows
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Appends one row of scalars at ``step`` (CSV, flushed at once, and TensorBoard).
+
+        Args:
+            step: The iteration the metrics belong to.
+            metrics: Name -> number, names among ``fields``; names left out are empty cells.
+
+        Raises:
+            ValueError: If ``metrics`` has a name that is not among ``fields``.
+        """
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        unknown = sorted(set(row) - set(self._fields))
+        if unknown:
+            raise ValueError(f"RunLogger.log: {unknown} are not columns of {str(self.csv_path)!r} ({self._fields})")
+        self._writer.writerow(row)
+        self._file.flush()
+        self._rows += 1
+        if self._tb is not None:
+            for name, value in metrics.items():
+                self._tb.add_scalar(name, float(value), step)
+
+    def advance(self, n: int = 1, **postfix: float) -> None:
+        """Moves the progress bar by ``n`` iterations, optionally showing ``postfix`` values."""
+        if postfix:
+            self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+        self._bar.update(n)
+
+    def write(self, message: str) -> None:
+        """Prints a message without breaking the progress bar (``tqdm.write``)."""
+        self._bar.write(message)
+
+    def history(self) -> dict[str, list[float]]:
+        """Reads the CSV back as columns (``step`` included); empty cells become NaN."""
+        self._file.flush()
+        with open(self.csv_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in self._fields}
+
+    def close(self) -> None:
+        """Flushes and closes the CSV file, the TensorBoard writer and the progress bar."""
+        self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._file.close()
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

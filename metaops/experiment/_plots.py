@@ -1,0 +1,155 @@
+"""PNG plots of learning curves and of fits before and after adaptation (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["FitPanel", "plot_learning_curve", "plot_fits"]
+
+ArrayLike = Sequence[float] | np.ndarray
+
+
+def _array(values) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=float).reshape(-1)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)  # draw with Agg; no pyplot, no global backend state
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def plot_learning_curve(
+    path: str | os.PathLike,
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    *,
+    title: str = "",
+    xlabel: str = "meta-iteration",
+    ylabel: str = "MSE",
+    log_y: bool = True,
+) -> None:
+    """Plots one or more ``(steps, values)`` curves on shared axes and saves a PNG.
+
+    Args:
+        path: Output PNG file (parent directories are created).
+        curves: Label -> ``(steps, values)``; NaN values (e.g. empty CSV cells) are skipped.
+        title: Figure title.
+        xlabel: Horizontal axis label.
+        ylabel: Vertical axis label.
+        log_y: Logarithmic vertical axis (when all plotted values are positive).
+
+    Raises:
+        ValueError: If a curve's steps and values differ in length, or no curve has a point.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "curve.png"
+        >>> plot_learning_curve(path, {"train": ([0, 1, 2], [3.0, 2.0, 1.5])})
+        >>> path.read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    positive, plotted = True, 0
+    for label, (steps, values) in curves.items():
+        x, y = _array(steps), _array(values)
+        if x.shape != y.shape:
+            raise ValueError(f"plot_learning_curve: {label!r} has {x.size} steps but {y.size} values")
+        keep = np.isfinite(y)
+        if keep.any():
+            ax.plot(x[keep], y[keep], label=label)
+            positive = positive and bool((y[keep] > 0).all())
+            plotted += 1
+    if plotted == 0:
+        raise ValueError("plot_learning_curve: no curve has a finite point")
+    if log_y and positive:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+@dataclass
+class FitPanel:
+    """One regression task to draw: the target function, the support set and model fits.
+
+    Attributes:
+        x: Inputs at which ``target`` and every curve are evaluated, shape `(points,)`.
+        target: The task's true function at ``x``.
+        support_x: Inputs of the points the model adapted on.
+        support_y: Their targets.
+        curves: Label (e.g. ``"pre-update"``, ``"10 steps"``) -> model output at ``x``.
+        title: Panel title, e.g. the task's amplitude and phase.
+
+    Examples:
+        >>> panel = FitPanel(x=[0.0, 1.0], target=[0.0, 1.0], support_x=[0.5], support_y=[0.5],
+        ...                  curves={"pre-update": [0.1, 0.2]})
+        >>> sorted(panel.curves)
+        ['pre-update']
+    """
+
+    x: ArrayLike
+    target: ArrayLike
+    support_x: ArrayLike
+    support_y: ArrayLike
+    curves: dict[str, ArrayLike] = field(default_factory=dict)
+    title: str = ""
+
+
+def plot_fits(path: str | os.PathLike, panels: Sequence[FitPanel], *, title: str = "") -> None:
+    """Plots model fits before and after adaptation, one panel per task, and saves a PNG.
+
+    Each panel shows the true function, the support points and every curve in the panel's
+    ``curves`` (typically the pre-update prediction and predictions after some inner steps).
+
+    Args:
+        path: Output PNG file (parent directories are created).
+        panels: The tasks to draw (see [metaops.experiment.FitPanel][]).
+        title: Figure title.
+
+    Raises:
+        ValueError: If ``panels`` is empty or a curve's length differs from ``x``.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "fits.png"
+        >>> panel = FitPanel(x=[0.0, 1.0], target=[0.0, 1.0], support_x=[0.5], support_y=[0.5],
+        ...                  curves={"pre-update": [0.1, 0.2], "1 step": [0.0, 0.9]})
+        >>> plot_fits(path, [panel])
+        >>> path.stat().st_size > 0
+        True
+    """
+    if not panels:
+        raise ValueError("plot_fits: no panels to plot")
+    cols = min(len(panels), 3)
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.5 * cols, 3.3 * rows))
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        x = _array(panel.x)
+        ax.plot(x, _array(panel.target), color="black", lw=2, label="target")
+        for label, y in panel.curves.items():
+            y = _array(y)
+            if y.shape != x.shape:
+                raise ValueError(f"plot_fits: curve {label!r} has {y.size} points, x has {x.size}")
+            ax.plot(x, y, ls="--", label=label)
+        ax.scatter(_array(panel.support_x), _array(panel.support_y), color="red", zorder=3, label="support")
+        ax.set_title(panel.title)
+        ax.grid(alpha=0.3)
+        if i == 0:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    _save(fig, path)

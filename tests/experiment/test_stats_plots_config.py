@@ -1,0 +1,65 @@
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from metaops.experiment import (
+    FitPanel,
+    check_positive,
+    check_same_config,
+    mean_confidence_interval,
+    plot_fits,
+    plot_learning_curve,
+)
+
+
+def test_mean_confidence_interval_matches_the_formula():
+    values = np.random.default_rng(0).normal(size=600)
+    mean, half = mean_confidence_interval(values)
+    assert mean == pytest.approx(values.mean())
+    assert half == pytest.approx(1.959964 * values.std(ddof=1) / math.sqrt(600), rel=1e-6)
+    _, wider = mean_confidence_interval(torch.as_tensor(values), confidence=0.99)
+    assert wider == pytest.approx(2.575829 * values.std(ddof=1) / math.sqrt(600), rel=1e-6)
+
+
+@pytest.mark.parametrize("values, confidence, message", [
+    ([1.0], 0.95, "at least 2"), ([1.0, float("nan")], 0.95, "NaN/inf"), ([1.0, 2.0], 1.0, "confidence"),
+])
+def test_mean_confidence_interval_errors(values, confidence, message):
+    with pytest.raises(ValueError, match=message):
+        mean_confidence_interval(values, confidence)
+
+
+def test_plots_write_pngs(tmp_path):
+    plot_learning_curve(tmp_path / "c.png", {"a": ([1, 2, 3], [1.0, float("nan"), 0.5]), "b": ([1], [2.0])})
+    x = torch.linspace(-1, 1, 10)
+    plot_fits(tmp_path / "f.png", [FitPanel(x=x, target=x, support_x=x[:3], support_y=x[:3],
+                                            curves={"pre": x * 0, "post": x}, title="t")] * 4, title="fits")
+    for name in ("c.png", "f.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_errors(tmp_path):
+    with pytest.raises(ValueError, match="3 steps but 2 values"):
+        plot_learning_curve(tmp_path / "c.png", {"a": ([1, 2, 3], [1.0, 2.0])})
+    with pytest.raises(ValueError, match="no curve has a finite point"):
+        plot_learning_curve(tmp_path / "c.png", {"a": ([1], [float("nan")])})
+    with pytest.raises(ValueError, match="no panels"):
+        plot_fits(tmp_path / "f.png", [])
+    with pytest.raises(ValueError, match="'bad' has 2 points"):
+        plot_fits(tmp_path / "f.png", [FitPanel(x=[0, 1, 2], target=[0, 1, 2], support_x=[], support_y=[],
+                                                curves={"bad": [0, 1]})])
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, float("inf"), float("nan"), True, "3", None])
+def test_check_positive_rejects(value):
+    with pytest.raises(ValueError, match="^lr must be > 0"):
+        check_positive(SimpleNamespace(shots=1, lr=value), "shots", "lr")
+
+
+def test_check_same_config_names_every_difference():
+    check_same_config({"a": 1, "n": 5}, {"a": 1, "n": 9}, ignore=["n"])
+    with pytest.raises(ValueError, match=r"a: 1 \(checkpoint\) != 2 \(now\); b: 'x' \(checkpoint\) != '<missing>'"):
+        check_same_config({"a": 1, "b": "x"}, {"a": 2})
