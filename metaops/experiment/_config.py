@@ -48,7 +48,7 @@ def check_same_config(saved: Mapping[str, Any], current: Mapping[str, Any], *, i
         >>> check_same_config({"lr": 0.1}, {"lr": 0.2})
         Traceback (most recent call last):
         ...
-        ValueError: cannot resume: the checkpoint was written with a different configuration: lr: 0.1 (checkpoint) != 0.2 (now)
+        ValueError: cannot resume: ... configuration: lr: 0.1 (checkpoint) != 0.2 (now)
     """
     skip = set(ignore)
     diffs = [

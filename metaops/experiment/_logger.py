@@ -8,8 +8,8 @@ import json
 import math
 import os
 import tempfile
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -53,8 +53,8 @@ class RunLogger:
 
     Each [log][metaops.experiment.RunLogger.log] call appends one CSV row (``step`` plus the
     metrics, under the columns declared by ``fields``; a metric left out is an empty cell) and
-    one TensorBoard scalar per metric under ``<out_dir>/tensorboard``. [advance][metaops.experiment.RunLogger.advance] moves the tqdm
-    bar.
+    one TensorBoard scalar per metric under ``<out_dir>/tensorboard``.
+    [advance][metaops.experiment.RunLogger.advance] moves the tqdm bar.
 
     **Resuming without duplicates.** Save [rows][metaops.experiment.RunLogger.rows] in the
     checkpoint together with the iteration. To resume, construct the logger with
@@ -85,7 +85,9 @@ class RunLogger:
         ...     logger.log(1, {"loss": 0.5})
         ...     logger.rows
         2
-        >>> with RunLogger(out, fields=["loss"], total=2, initial=1, rows=1, tensorboard=False, progress=False) as logger:
+        >>> resumed = RunLogger(out, fields=["loss"], total=2, initial=1, rows=1,
+        ...                     tensorboard=False, progress=False)
+        >>> with resumed as logger:
         ...     logger.log(1, {"loss": 0.25})       # the resumed run logs step 1 again
         ...     logger.history()["loss"]
         [1.0, 0.25]
