@@ -1,0 +1,10 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Recipes set torch's thread count (Args.threads); give other tests back the default."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
