@@ -25,6 +25,8 @@ class EpisodeBatch:
 
     Attributes:
         observations: $s_t$, `(task, episode, time, obs_dim)` float32.
+        final_observations: The observation after each episode's last real step (terminal
+            or cut by the horizon), `(task, episode, obs_dim)`, for bootstrapping a critic.
         actions: $a_t$ as sampled by the policy (before clipping to the action
             bounds for the environment), `(task, episode, time, action_dim)`.
         rewards: $r_t$, `(task, episode, time)`.
@@ -39,7 +41,8 @@ class EpisodeBatch:
     Examples:
         >>> import torch
         >>> batch = EpisodeBatch(
-        ...     observations=torch.zeros(2, 3, 4, 1), actions=torch.zeros(2, 3, 4, 1),
+        ...     observations=torch.zeros(2, 3, 4, 1), final_observations=torch.zeros(2, 3, 1),
+        ...     actions=torch.zeros(2, 3, 4, 1),
         ...     rewards=torch.ones(2, 3, 4), log_probs=torch.zeros(2, 3, 4),
         ...     mask=torch.ones(2, 3, 4), terminated=torch.zeros(2, 3, 4, dtype=torch.bool),
         ...     truncated=torch.zeros(2, 3, 4, dtype=torch.bool), infos={}, tasks=(None, None))
@@ -48,6 +51,7 @@ class EpisodeBatch:
     """
 
     observations: Tensor
+    final_observations: Tensor
     actions: Tensor
     rewards: Tensor
     log_probs: Tensor
@@ -214,6 +218,7 @@ def _sample(
     param_dtype = next(iter(params.values())).dtype  # observations are fed in this dtype
     seeds = torch.randint(0, 2**31 - 1, (num_envs,), generator=generator).numpy()
     observations = np.zeros((num_envs, horizon, obs_dim), dtype=np.float32)
+    final_observations = np.zeros((num_envs, obs_dim), dtype=np.float32)
     actions = np.zeros((num_envs, horizon, act_dim), dtype=np.float32)
     rewards = np.zeros((num_envs, horizon), dtype=np.float32)
     log_probs = np.zeros((num_envs, horizon), dtype=np.float32)
@@ -256,6 +261,7 @@ def _sample(
         terminated[:, t] = result.terminated & active
         for key in env.info_keys:
             infos[key][active, t] = result.infos[key][active]
+        final_observations[active] = result.observations[active]
         active = active & ~result.terminated
         obs = result.observations
         if not active.any():
@@ -267,6 +273,7 @@ def _sample(
 
     return EpisodeBatch(
         observations=out(observations),
+        final_observations=out(final_observations),
         actions=out(actions),
         rewards=out(rewards),
         log_probs=out(log_probs),

@@ -16,7 +16,7 @@ from metaops.envs import (
     task_distribution,
 )
 
-FIELDS = ("observations", "actions", "rewards", "log_probs", "mask", "terminated", "truncated")
+FIELDS = ("observations", "final_observations", "actions", "rewards", "log_probs", "mask", "terminated", "truncated")
 
 
 def _tasks(name, n, seed=0):
@@ -48,6 +48,7 @@ def test_batch_shapes_and_dtypes(name, make_policy):
     batch = sample_episodes(env, policy, _params(policy), tasks, generator=torch.Generator().manual_seed(0), horizon=7)
     d, a = env.observation_dim, env.action_dim
     assert batch.observations.shape == (3, 2, 7, d)
+    assert batch.final_observations.shape == (3, 2, d)
     assert batch.actions.shape == (3, 2, 7, a)
     for field in ("rewards", "log_probs", "mask", "terminated", "truncated"):
         assert getattr(batch, field).shape == (3, 2, 7), field
@@ -144,6 +145,9 @@ def test_termination_masks_and_pads(make_policy):
     assert batch.mask[1, 0].tolist() == [1] * 6
     assert batch.truncated[1, 0].tolist() == [False] * 5 + [True]
     assert batch.lengths.tolist() == [[2], [6]]
+    # the observation after the last real step: at the goal, and after 6 steps of 0.05
+    torch.testing.assert_close(batch.final_observations[0, 0], torch.tensor([0.1, 0.0]))
+    torch.testing.assert_close(batch.final_observations[1, 0], torch.tensor([0.3, 0.0]))
 
 
 def test_bad_inputs_raise_clear_errors(make_policy):
