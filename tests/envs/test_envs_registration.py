@@ -76,3 +76,12 @@ def test_random_params_change_the_model_and_check_shapes():
         env.set_task(wrong)
     env.set_task(task)  # setting a task twice scales the original values, not the scaled ones
     np.testing.assert_allclose(env.model.body_mass, base_mass * np.array(task.body_mass))
+
+
+def test_gymnasium_make_truncates_at_the_registered_horizon():
+    env = gymnasium.make(gymnasium_id("Navigation2D"), task=NavigationTask((0.5, 0.5)))
+    env.reset(seed=0)
+    for t in range(100):
+        _, _, terminated, truncated, _ = env.step(np.zeros(2, dtype=np.float32))
+        assert not terminated
+        assert truncated == (t == 99)
