@@ -54,7 +54,7 @@ class AntDirEnv(_AntTaskEnv):
 
     def __init__(self, task: DirectionTask | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._init_task(task)
+        self._init_task(task, **kwargs)
 
     def step(self, action: np.ndarray) -> _STEP:
         """Steps gymnasium's Ant and replaces its reward by the task reward."""
@@ -90,7 +90,7 @@ class AntDir2DEnv(_AntTaskEnv):
 
     def __init__(self, task: Direction2DTask | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._init_task(task)
+        self._init_task(task, **kwargs)
 
     def step(self, action: np.ndarray) -> _STEP:
         """Steps gymnasium's Ant and replaces its reward by the task reward."""
@@ -133,7 +133,7 @@ class AntGoalEnv(_AntTaskEnv):
         kwargs.setdefault("terminate_when_unhealthy", False)
         kwargs.setdefault("exclude_current_positions_from_observation", False)
         super().__init__(**kwargs)
-        self._init_task(task)
+        self._init_task(task, **kwargs)
 
     def step(self, action: np.ndarray) -> _STEP:
         """Steps gymnasium's Ant and replaces its reward by the task reward."""

@@ -50,7 +50,7 @@ class HalfCheetahVelEnv(TaskEnvMixin, HalfCheetahEnv):
         **kwargs: Any,
     ) -> None:
         super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
-        self._init_task(task)
+        self._init_task(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Steps gymnasium's HalfCheetah and replaces its reward by the task reward."""
@@ -91,7 +91,7 @@ class HalfCheetahDirEnv(TaskEnvMixin, HalfCheetahEnv):
         **kwargs: Any,
     ) -> None:
         super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
-        self._init_task(task)
+        self._init_task(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Steps gymnasium's HalfCheetah and replaces its reward by the task reward."""

@@ -10,6 +10,7 @@ import mujoco
 import mujoco.batch
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import expand_model_path
+from gymnasium.utils import EzPickle
 
 
 def load_model(xml_file: str) -> mujoco.MjModel:
@@ -29,8 +30,9 @@ def load_model(xml_file: str) -> mujoco.MjModel:
 class TaskEnvMixin:
     """Task handling shared by the single (gymnasium) environments.
 
-    Subclasses set `task_type` and call
-    `self._init_task(task)` at the end of `__init__`.
+    Subclasses set `task_type` and call `self._init_task(task, **constructor_kwargs)` at
+    the end of `__init__`. Pickling (gymnasium's `EzPickle`) rebuilds the environment from
+    those arguments and its current task.
     """
 
     task_type: type = object
@@ -43,9 +45,15 @@ class TaskEnvMixin:
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)  # type: ignore[attr-defined]
         return model, mujoco.MjData(model)
 
-    def _init_task(self, task: Any) -> None:
+    def _init_task(self, task: Any, **constructor_kwargs: Any) -> None:
+        # replaces the arguments gymnasium's base class recorded for EzPickle
+        EzPickle.__init__(self, task, **constructor_kwargs)
         if task is not None:
             self.set_task(task)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = EzPickle.__getstate__(self)  # type: ignore[arg-type]
+        return {**state, "_ezpickle_args": (self._task,)}
 
     def set_task(self, task: Any) -> None:
         """Sets the task used from the next step on (call `reset` to start an episode)."""

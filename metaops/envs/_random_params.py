@@ -74,7 +74,7 @@ class HopperRandParamsEnv(_RandParamsMixin, HopperEnv):
     def __init__(self, task: BodyParamsTask | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._save_params()
-        self._init_task(task)
+        self._init_task(task, **kwargs)
 
 
 class Walker2dRandParamsEnv(_RandParamsMixin, Walker2dEnv):
@@ -100,7 +100,7 @@ class Walker2dRandParamsEnv(_RandParamsMixin, Walker2dEnv):
     def __init__(self, task: BodyParamsTask | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._save_params()
-        self._init_task(task)
+        self._init_task(task, **kwargs)
 
 
 class _RandParamsKernel(_Kernel):

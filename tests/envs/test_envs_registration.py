@@ -85,3 +85,19 @@ def test_gymnasium_make_truncates_at_the_registered_horizon():
         _, _, terminated, truncated, _ = env.step(np.zeros(2, dtype=np.float32))
         assert not terminated
         assert truncated == (t == 99)
+
+
+@pytest.mark.parametrize("name", env_names())
+def test_single_envs_pickle_with_their_current_task(name):
+    import copy
+    import pickle
+
+    first, second = task_distribution(name).sample_tasks(2, generator=torch.Generator().manual_seed(0))
+    env = make(name, first)
+    env.set_task(second)
+    for clone in (pickle.loads(pickle.dumps(env)), copy.deepcopy(env)):
+        assert clone.get_task() == second
+        obs, _ = clone.reset(seed=1)
+        np.testing.assert_array_equal(obs, env.reset(seed=1)[0])
+        action = np.full(env.action_space.shape, 0.05)
+        np.testing.assert_array_equal(clone.step(action)[0], env.step(action)[0])
