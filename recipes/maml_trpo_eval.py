@@ -1,0 +1,76 @@
+# Docs: docs/recipes/maml_trpo.md (site page: recipes/maml_trpo/), section "Evaluation"
+"""Adapts a saved MAML-TRPO meta-policy to held-out tasks for 0..N policy-gradient steps.
+
+Writes ``eval.csv``, ``eval.md`` (mean return and 95% confidence interval over tasks per number
+of adaptation steps) and ``eval.png`` (return vs adaptation steps). The inner step is the one of
+the training run (its estimator, learning rate, baseline and GAE), re-sampling after each step.
+
+Run ``python -m recipes.maml_trpo_eval --run-dir runs/maml_trpo``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+import tyro
+
+from metaops import envs
+from metaops.experiment import load_checkpoint, save_json
+from recipes.maml_trpo import ENVS, Args, evaluate, make_inner_loss, make_policy, write_evaluation
+
+
+@dataclass
+class EvalArgs:
+    run_dir: str
+    """directory of a maml_trpo run (its checkpoint.pt is loaded)"""
+    out_dir: str | None = None
+    """where to write eval.csv/eval.md/eval.png/eval.json; None: <run_dir>/eval"""
+    tasks: int = 40
+    """held-out tasks"""
+    steps: int = 3
+    """adapt for 0, 1, ..., steps inner steps"""
+    seed: int = 1_000
+    """seed of the held-out tasks and their episodes (use one not used in training)"""
+    episodes: int | None = None
+    """episodes per task and step; None: as in training"""
+    physics_threads: int = 2
+    """MuJoCo stepping threads (ignored for navigation)"""
+
+
+def main(eval_args: EvalArgs) -> dict[str, float]:
+    if eval_args.tasks < 2 or eval_args.steps < 0:
+        raise ValueError(f"need tasks >= 2 and steps >= 0, got {eval_args.tasks}, {eval_args.steps}")
+    ckpt = load_checkpoint(Path(eval_args.run_dir) / "checkpoint.pt")
+    if ckpt.get("recipe") != "maml_trpo":
+        raise ValueError(f"{eval_args.run_dir} holds a {ckpt.get('recipe')!r} checkpoint, not maml_trpo")
+    known = {f.name for f in fields(Args)}
+    args = Args(**{k: v for k, v in ckpt["config"].items() if k in known})
+    args.hidden = tuple(args.hidden)
+    args.physics_threads = eval_args.physics_threads
+    if eval_args.episodes is not None:
+        args.episodes = eval_args.episodes
+    env_name = ENVS[args.env]
+
+    probe = envs.make_batched(env_name, num_tasks=1, episodes_per_task=1)
+    policy = make_policy(probe, args.hidden)
+    policy.load_state_dict(ckpt["policy"])
+    loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
+    torch.manual_seed(eval_args.seed)
+    table = evaluate(policy, env_name, loss_fn, args, num_tasks=eval_args.tasks, steps=eval_args.steps,
+                     seed=eval_args.seed, horizon=args.horizon or probe.horizon)
+
+    out = Path(eval_args.out_dir) if eval_args.out_dir is not None else Path(eval_args.run_dir) / "eval"
+    title = f"MAML-TRPO ({args.estimator}), {env_name}, iteration {ckpt['iteration']}"
+    write_evaluation(out, table, title=title)
+    metrics = {"iteration": float(ckpt["iteration"]), "env_steps": float(ckpt["env_steps"])}
+    for k, (mean, ci) in enumerate(table):
+        metrics[f"return_{k}"], metrics[f"return_{k}_ci95"] = mean, ci
+    save_json(out / "eval.json", metrics)
+    print((out / "eval.md").read_text(), end="")
+    return metrics
+
+
+if __name__ == "__main__":
+    main(tyro.cli(EvalArgs))
