@@ -168,3 +168,10 @@ def test_bad_arguments_raise_clear_errors():
 def test_batched_env_is_an_abstract_interface():
     with pytest.raises(TypeError):
         BatchedEnv(num_tasks=1, episodes_per_task=1)  # type: ignore[abstract]
+
+
+def test_body_params_task_of_another_model_is_rejected():
+    walker_task = task_distribution("Walker2dRandParams").sample_tasks(1, generator=torch.Generator())[0]
+    env = make_batched("HopperRandParams", num_tasks=1, episodes_per_task=1)
+    with pytest.raises(ValueError, match=r"BodyParamsTask.body_mass has shape \(8,\).*\(5,\)"):
+        env.reset([walker_task], seeds=np.array([0]))
