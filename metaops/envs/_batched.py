@@ -170,8 +170,12 @@ class BatchedEnv(abc.ABC):
                 f"{self.name}: seeds must be integers of shape ({self.num_envs},), got {seeds.dtype} {seeds.shape}"
             )
         self._tasks = tasks
-        obs = self._reset(tasks, [int(s) for s in seeds])
-        self._check_finite(obs, np.ones(self.num_envs, dtype=bool), "initial observation")
+        try:
+            obs = self._reset(tasks, [int(s) for s in seeds])
+            self._check_finite(obs, np.ones(self.num_envs, dtype=bool), "initial observation")
+        except Exception:
+            self._tasks = None  # a failed reset leaves nothing to step
+            raise
         return obs
 
     def step(self, actions: np.ndarray, active: np.ndarray) -> StepResult:

@@ -175,3 +175,5 @@ def test_body_params_task_of_another_model_is_rejected():
     env = make_batched("HopperRandParams", num_tasks=1, episodes_per_task=1)
     with pytest.raises(ValueError, match=r"BodyParamsTask.body_mass has shape \(8,\).*\(5,\)"):
         env.reset([walker_task], seeds=np.array([0]))
+    with pytest.raises(RuntimeError, match="call reset"):
+        env.step(np.zeros((1, 3)), np.ones(1, dtype=bool))
