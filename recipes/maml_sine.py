@@ -132,12 +132,18 @@ def main(args: Args) -> dict[str, float]:
     step_fn = mo.compile_meta_step(meta_step) if args.compile else meta_step
 
     # --- evaluation: plain SGD at the inner lr from the meta-learned init, on held-out tasks --
-    def mse_curve(params, support, query):  # query MSE after 0, 1, ..., max(eval_steps) steps
-        losses = [loss_fn(params, query)]
+    def after_each_step(params, support, measure):  # measure(params) after 0, 1, ..., max(eval_steps) steps
+        values = [measure(params)]
         for _ in range(max(args.eval_steps)):
             params = mo.inner.adapt(loss_fn, params, support, mo.inner.sgd(args.inner_lr), steps=1)
-            losses.append(loss_fn(params, query))
-        return torch.stack(losses)
+            values.append(measure(params))
+        return torch.stack(values)
+
+    def mse_curve(params, support, query):  # query MSE, shape (max(eval_steps) + 1,)
+        return after_each_step(params, support, lambda p: loss_fn(p, query))
+
+    def fit_curve(params, support, x):  # predictions at x, shape (max(eval_steps) + 1, points, 1)
+        return after_each_step(params, support, lambda p: torch.func.functional_call(model, p, (x,)))
 
     def held_out(num_tasks: int, seed: int):
         eval_g = torch.Generator().manual_seed(seed)
@@ -225,16 +231,12 @@ def main(args: Args) -> dict[str, float]:
     tasks, support, _ = held_out(3, args.eval_seed)
     x = torch.linspace(-5, 5, 200).view(-1, 1)
     panels = []
+    params = mo.tree.stop_gradient(mo.nn.named_params(model))
+    preds = mo.map_tasks(fit_curve, in_dims=(None, 0, None))(params, support, x)
     for i, task in enumerate(tasks):
-        params = mo.tree.stop_gradient(mo.nn.named_params(model))
-        s = (support[0][i], support[1][i])
-        curves_i = {"pre-update": torch.func.functional_call(model, params, (x,))}
-        for k in range(1, max(args.eval_steps) + 1):
-            params = mo.inner.adapt(loss_fn, params, s, mo.inner.sgd(args.inner_lr), steps=1)
-            if k in args.eval_steps:
-                curves_i[f"{k} step(s)"] = torch.func.functional_call(model, params, (x,))
+        curves_i = {"pre-update": preds[i, 0], **{f"{k} step(s)": preds[i, k] for k in args.eval_steps}}
         target = task.amplitude * torch.sin(x - task.phase)
-        panels.append(FitPanel(x=x, target=target, support_x=s[0], support_y=s[1], curves=curves_i,
+        panels.append(FitPanel(x=x, target=target, support_x=support[0][i], support_y=support[1][i], curves=curves_i,
                                title=f"A={task.amplitude:.2f}, phase={task.phase:.2f}"))
     plot_fits(out / "fits.png", panels, title=f"{args.eval_shots}-shot adaptation, inner lr {args.inner_lr}")
     logger.close()

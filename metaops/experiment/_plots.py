@@ -27,7 +27,7 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # draw with Agg; no pyplot, no global backend state
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    fig.savefig(path, dpi=100)
 
 
 def plot_learning_curve(
@@ -113,6 +113,8 @@ def plot_fits(path: str | os.PathLike, panels: Sequence[FitPanel], *, title: str
 
     Each panel shows the true function, the support points and every curve in the panel's
     ``curves`` (typically the pre-update prediction and predictions after some inner steps).
+    The vertical range is the target's, padded by half its span, so a diverged fit does not
+    hide the others.
 
     Args:
         path: Output PNG file (parent directories are created).
@@ -146,10 +148,15 @@ def plot_fits(path: str | os.PathLike, panels: Sequence[FitPanel], *, title: str
                 raise ValueError(f"plot_fits: curve {label!r} has {y.size} points, x has {x.size}")
             ax.plot(x, y, ls="--", label=label)
         ax.scatter(_array(panel.support_x), _array(panel.support_y), color="red", zorder=3, label="support")
+        low, high = float(np.min(_array(panel.target))), float(np.max(_array(panel.target)))
+        pad = 0.5 * (high - low) + 1e-3
+        ax.set_ylim(low - pad, high + pad)  # a diverged fit must not squash the target out of view
         ax.set_title(panel.title)
         ax.grid(alpha=0.3)
         if i == 0:
             ax.legend(fontsize="small")
+    # fixed margins (an automatic layout engine doubles the drawing time): room for the titles
+    fig.subplots_adjust(top=1.0 - 0.75 / fig.get_figheight(), hspace=0.45, wspace=0.25)
     if title:
         fig.suptitle(title)
     _save(fig, path)

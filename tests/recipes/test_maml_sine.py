@@ -6,9 +6,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
-from metaops.experiment import CheckpointError, load_checkpoint
+from metaops.experiment import CheckpointError
 from recipes.maml_sine import Args, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,39 +19,10 @@ def tiny(tmp_path, **kw) -> Args:
     return replace(base, **kw)
 
 
-@pytest.mark.parametrize("first_order", [False, True])
-def test_smoke_writes_every_artifact(tmp_path, first_order):
-    metrics = main(tiny(tmp_path, first_order=first_order))
-    assert {"mse_pre", "mse_1", "mse_5", "mse_10", "mse_10_ci95"} <= set(metrics)
+def test_first_order_smoke(tmp_path):
+    metrics = main(tiny(tmp_path, first_order=True, tensorboard=False))
     assert all(math.isfinite(v) for v in metrics.values())
-    for name in ("config.json", "metrics.csv", "metrics.json", "checkpoint.pt", "learning_curve.png", "fits.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert json.loads((tmp_path / "metrics.json").read_text()) == pytest.approx(metrics)
-    assert json.loads((tmp_path / "config.json").read_text())["first_order"] is first_order
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 2
-
-
-def _final_state(out: Path):
-    ckpt = load_checkpoint(out / "checkpoint.pt")
-    metrics = json.loads((out / "metrics.json").read_text())
-    metrics.pop("train_seconds")
-    return ckpt, metrics, (out / "metrics.csv").read_text()
-
-
-def test_resume_is_exact(tmp_path):
-    # windows of 2 iterations, so the checkpoint after 3 falls mid-window; validation every 2
-    kw = dict(meta_batch=3, log_every=2, eval_every=2, checkpoint_every=100)
-    main(tiny(tmp_path / "straight", iterations=6, **kw))
-    main(tiny(tmp_path / "split", iterations=3, **kw))
-    main(tiny(tmp_path / "split", iterations=6, **kw))  # resumes from iteration 3
-    (a, metrics_a, csv_a), (b, metrics_b, csv_b) = _final_state(tmp_path / "straight"), _final_state(tmp_path / "split")
-    assert a["iteration"] == b["iteration"] == 6
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    assert torch.equal(a["generator"], b["generator"])
-    assert metrics_a == metrics_b
-    assert csv_a == csv_b and len(csv_a.splitlines()) == 4  # header + steps 2, 4, 6: no duplicate rows
+    assert json.loads((tmp_path / "config.json").read_text())["first_order"] is True
 
 
 def test_resume_refuses_a_different_config(tmp_path):
