@@ -4,7 +4,7 @@ Nothing here is meta-learning specific; it is the plumbing every recipe needs, k
 the recipe files so that they show only the algorithm.
 """
 
-from metaops.experiment._checkpoint import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive, check_same_config
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
@@ -14,7 +14,6 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "CheckpointError",
-    "CHECKPOINT_VERSION",
     "RunLogger",
     "save_json",
     "mean_confidence_interval",

@@ -11,7 +11,7 @@ import torch
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 1  # bump when the file layout changes; load_checkpoint refuses other versions
 _FORMAT = "metaops-checkpoint"
 
 

@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from metaops.experiment import CHECKPOINT_VERSION, CheckpointError, load_checkpoint, save_checkpoint
+from metaops.experiment import CheckpointError, load_checkpoint, save_checkpoint
+from metaops.experiment._checkpoint import CHECKPOINT_VERSION
 
 
 def _state():
