@@ -81,6 +81,8 @@ class Args:
     """line-search shrink factor"""
     max_backtracks: int = 15
     """line-search candidates"""
+    threads: int = 1
+    """torch intra-op threads for the meta-update (one is the fast choice on a busy machine)"""
     physics_threads: int = 2
     """MuJoCo stepping threads (ignored for navigation)"""
     eval_tasks: int = 40
@@ -102,7 +104,7 @@ class Args:
 
 
 RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "compile", "progress", "tensorboard",
-               "physics_threads", "eval_tasks", "eval_steps", "eval_seed")
+               "threads", "physics_threads", "eval_tasks", "eval_steps", "eval_seed")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
 FIELDS = ["return/pre", "return/post", "trpo/surrogate", "trpo/improvement", "trpo/kl", "trpo/backtracks",
@@ -112,7 +114,7 @@ FIELDS = ["return/pre", "return/post", "trpo/surrogate", "trpo/improvement", "tr
 
 def validate(args: Args) -> None:
     check_positive(args, "iterations", "episodes", "inner_steps", "inner_lr", "max_kl", "cg_steps",
-                   "max_backtracks", "physics_threads", "checkpoint_every")
+                   "max_backtracks", "threads", "physics_threads", "checkpoint_every")
     if args.meta_batch is not None and args.meta_batch < 1:
         raise ValueError(f"meta_batch must be positive, got {args.meta_batch}")
     if args.horizon is not None and args.horizon < 1:
@@ -187,6 +189,7 @@ def main(args: Args) -> dict[str, float]:
     out = Path(args.out_dir)
     env_name = ENVS[args.env]
     meta_batch = args.meta_batch or (20 if args.env == "navigation" else 40)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise
     tasks_dist = envs.task_distribution(env_name)
@@ -288,7 +291,8 @@ def main(args: Args) -> dict[str, float]:
         })
         logger.advance(1, pre=pre_returns.item(), post=post_return)
         if args.compile and it == start + 1:
-            logger.write(f"compile_meta_step: compiled={adapt_fn.compiled}, took {adapt_fn.compile_seconds} s")
+            logger.write(f"compile_meta_step: compiled={adapt_fn.compiled}, took {adapt_fn.compile_seconds} s"
+                         + ("" if adapt_fn.compiled else f" (eager fallback: {adapt_fn.fallback_reason})"))
         if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
             checkpoint(it + 1)
     train_seconds = time.perf_counter() - train_start
@@ -344,8 +348,11 @@ def write_evaluation(out: Path, table: list[tuple[float, float]], *, title: str)
           *[f"| {k} | {m:.2f} | ± {c:.2f} |" for k, (m, c) in enumerate(table)]]
     (out / "eval.md").write_text("\n".join(md) + "\n")
     steps = list(range(len(table)))
-    plot_learning_curve(out / "eval.png", {"held-out tasks": (steps, [m for m, _ in table])}, title=title,
-                        xlabel="adaptation steps", ylabel="mean episode return", log_y=False)
+    plot_learning_curve(out / "eval.png", {
+        "mean over held-out tasks": (steps, [m for m, _ in table]),
+        "95% CI, lower": (steps, [m - c for m, c in table]),
+        "95% CI, upper": (steps, [m + c for m, c in table]),
+    }, title=title, xlabel="adaptation steps", ylabel="mean episode return", log_y=False)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ def main(eval_args: EvalArgs) -> dict[str, float]:
     args = Args(**{k: v for k, v in ckpt["config"].items() if k in known})
     args.hidden = tuple(args.hidden)
     args.physics_threads = eval_args.physics_threads
+    torch.set_num_threads(args.threads)
     if eval_args.episodes is not None:
         args.episodes = eval_args.episodes
     env_name = ENVS[args.env]

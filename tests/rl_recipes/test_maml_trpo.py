@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,6 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TINY = maml_trpo.Args(iterations=2, meta_batch=2, episodes=2, horizon=8, hidden=(8,), eval_tasks=0,
                       progress=False, tensorboard=False, checkpoint_every=1)
 """Navigation with two tasks, two 8-step episodes each and an 8-unit policy: seconds per iteration."""
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """The recipe sets torch's thread count (Args.threads); give other tests back the default."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -92,6 +101,16 @@ def test_eval_entry_point_writes_table_and_plot(tiny_run, tmp_path):
     assert lines[0] == "steps,return_mean,return_ci95" and len(lines) == 4
     assert (tmp_path / "eval.md").read_text().count("\n") == 5
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compile_flag_runs_compiled_or_falls_back(tmp_path):
+    """--compile compiles the vmapped adaptation, or falls back to eager with a RuntimeWarning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        metrics = maml_trpo.main(replace(TINY, out_dir=str(tmp_path), iterations=3, compile=True))
+    assert all(math.isfinite(v) for k, v in metrics.items() if k != "compile_seconds"), metrics
+    fallbacks = [w for w in caught if "compile_meta_step" in str(w.message)]
+    assert math.isfinite(metrics["compile_seconds"]) != bool(fallbacks), (metrics, fallbacks)
 
 
 def test_bad_arguments_raise(tmp_path):
