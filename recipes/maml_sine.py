@@ -6,6 +6,7 @@ Run ``python -m recipes.maml_sine --help`` for the options.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -172,39 +173,43 @@ def main(args: Args) -> dict[str, float]:
         g.set_state(ckpt["generator"])
         start, log_rows, window = ckpt["iteration"], ckpt["log_rows"], list(ckpt["window"])
     save_json(out / "config.json", asdict(args))
-    logger = RunLogger(out, fields=fields, total=args.iterations, initial=start, rows=log_rows,
-                       tensorboard=args.tensorboard, progress=args.progress, desc="maml_sine")
+    with RunLogger(out, fields=fields, total=args.iterations, initial=start, rows=log_rows,
+                           tensorboard=args.tensorboard, progress=args.progress, desc="maml_sine") as logger:
 
-    def checkpoint(iteration: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "recipe": "maml_sine", "config": asdict(args), "iteration": iteration,
-            "model": model.state_dict(), "meta_opt": meta_opt.state_dict(), "generator": g.get_state(),
-            "log_rows": logger.rows, "window": window,
-        })
+        def checkpoint(iteration: int) -> None:
+            save_checkpoint(ckpt_path, {
+                "recipe": "maml_sine", "config": asdict(args), "iteration": iteration,
+                "model": model.state_dict(), "meta_opt": meta_opt.state_dict(), "generator": g.get_state(),
+                "log_rows": logger.rows, "window": window,
+            })
 
-    # --- meta-training ---------------------------------------------------------------------
-    train_start = time.perf_counter()
-    for it in range(start, args.iterations):
-        tasks = dist.sample_tasks(args.meta_batch, generator=g)
-        support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
-        meta_loss, grads = step_fn(mo.nn.named_params(model), support, query)
-        meta_opt.zero_grad()
-        mo.nn.set_grads(model, grads)
-        meta_opt.step()
+        # --- meta-training ---------------------------------------------------------------------
+        train_start = time.perf_counter()
+        for it in range(start, args.iterations):
+            tasks = dist.sample_tasks(args.meta_batch, generator=g)
+            support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
+            meta_loss, grads = step_fn(mo.nn.named_params(model), support, query)
+            meta_opt.zero_grad()
+            mo.nn.set_grads(model, grads)
+            meta_opt.step()
 
-        window.append(meta_loss.item())
-        if (it + 1) % args.log_every == 0:
-            row = {"train/meta_loss": sum(window) / len(window)}
-            if (it + 1) % args.eval_every == 0:
-                curve = evaluate(args.val_tasks, args.eval_seed + 1).mean(0)
-                row |= {"val/mse_pre": curve[0].item(), **{f"val/mse_{k}": curve[k].item() for k in args.eval_steps}}
-            logger.log(it + 1, row)
-            window = []
-        logger.advance(1, meta_loss=meta_loss.item())
-        if args.compile and it == start + 1:
-            logger.write(f"compile_meta_step: compiled={step_fn.compiled}, took {step_fn.compile_seconds} s")
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
-            checkpoint(it + 1)
+            window.append(meta_loss.item())
+            if not math.isfinite(window[-1]):  # compiled steps skip metaops' own finiteness checks
+                raise mo.inner.NonFiniteError(f"the meta-loss is {window[-1]} at meta-iteration {it + 1}; "
+                                              "lower the learning rates")
+            if (it + 1) % args.log_every == 0:
+                row = {"train/meta_loss": sum(window) / len(window)}
+                if (it + 1) % args.eval_every == 0:
+                    curve = evaluate(args.val_tasks, args.eval_seed + 1).mean(0)
+                    row["val/mse_pre"] = curve[0].item()
+                    row |= {f"val/mse_{k}": curve[k].item() for k in args.eval_steps}
+                logger.log(it + 1, row)
+                window = []
+            logger.advance(1, meta_loss=meta_loss.item())
+            if args.compile and it == start + 1:
+                logger.write(f"compile_meta_step: compiled={step_fn.compiled}, took {step_fn.compile_seconds} s")
+            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
+                checkpoint(it + 1)
     train_seconds = time.perf_counter() - train_start
 
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --
@@ -219,7 +224,7 @@ def main(args: Args) -> dict[str, float]:
     if args.compile:
         metrics["compile_seconds"] = step_fn.compile_seconds if step_fn.compile_seconds is not None else float("nan")
     save_json(out / "metrics.json", metrics)
-    logger.write("held-out MSE: " + ", ".join(
+    print("held-out MSE: " + ", ".join(
         f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics))
 
     # --- plots: learning curve, and fits before/after adaptation on three held-out tasks ------
@@ -239,7 +244,6 @@ def main(args: Args) -> dict[str, float]:
         panels.append(FitPanel(x=x, target=target, support_x=support[0][i], support_y=support[1][i], curves=curves_i,
                                title=f"A={task.amplitude:.2f}, phase={task.phase:.2f}"))
     plot_fits(out / "fits.png", panels, title=f"{args.eval_shots}-shot adaptation, inner lr {args.inner_lr}")
-    logger.close()
     return metrics
 
 

@@ -7,6 +7,7 @@ Run ``python -m recipes.metasgd_sine --help`` for the options.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -170,43 +171,47 @@ def main(args: Args) -> dict[str, float]:
         g.set_state(ckpt["generator"])
         start, log_rows, window = ckpt["iteration"], ckpt["log_rows"], list(ckpt["window"])
     save_json(out / "config.json", asdict(args))
-    logger = RunLogger(out, fields=fields, total=args.iterations, initial=start, rows=log_rows,
-                       tensorboard=args.tensorboard, progress=args.progress, desc="metasgd_sine")
+    with RunLogger(out, fields=fields, total=args.iterations, initial=start, rows=log_rows,
+                           tensorboard=args.tensorboard, progress=args.progress, desc="metasgd_sine") as logger:
 
-    def checkpoint(iteration: int) -> None:
-        save_checkpoint(ckpt_path, {
-            "recipe": "metasgd_sine", "config": asdict(args), "iteration": iteration,
-            "model": net.state_dict(), "meta_opt": meta_opt.state_dict(), "generator": g.get_state(),
-            "log_rows": logger.rows, "window": window,
-        })
+        def checkpoint(iteration: int) -> None:
+            save_checkpoint(ckpt_path, {
+                "recipe": "metasgd_sine", "config": asdict(args), "iteration": iteration,
+                "model": net.state_dict(), "meta_opt": meta_opt.state_dict(), "generator": g.get_state(),
+                "log_rows": logger.rows, "window": window,
+            })
 
-    # --- meta-training ---------------------------------------------------------------------
-    train_start = time.perf_counter()
-    for it in range(start, args.iterations):
-        tasks = dist.sample_tasks(args.meta_batch, generator=g)
-        support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
-        meta = net.meta_params()
-        meta_loss, grads = step_fn(meta, support, query)
-        meta_opt.zero_grad()
-        for p, grad in zip(mo.tree.tree_leaves(meta), mo.tree.tree_leaves(grads)):
-            p.grad = grad  # meta_params() holds net's own Parameters, so this feeds meta_opt
-        meta_opt.step()
+        # --- meta-training ---------------------------------------------------------------------
+        train_start = time.perf_counter()
+        for it in range(start, args.iterations):
+            tasks = dist.sample_tasks(args.meta_batch, generator=g)
+            support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
+            meta = net.meta_params()
+            meta_loss, grads = step_fn(meta, support, query)
+            meta_opt.zero_grad()
+            for p, grad in zip(mo.tree.tree_leaves(meta), mo.tree.tree_leaves(grads)):
+                p.grad = grad  # meta_params() holds net's own Parameters, so this feeds meta_opt
+            meta_opt.step()
 
-        window.append(meta_loss.item())
-        if (it + 1) % args.log_every == 0:
-            lrs = mo.tree.tree_leaves(net.learning_rates())
-            row = {"train/meta_loss": sum(window) / len(window),
-                   "train/mean_lr": (sum(a.sum() for a in lrs) / sum(a.numel() for a in lrs)).item()}
-            if (it + 1) % args.eval_every == 0:
-                curve = evaluate(args.val_tasks, args.eval_seed + 1).mean(0)
-                row |= {"val/mse_pre": curve[0].item(), **{f"val/mse_{k}": curve[k].item() for k in args.eval_steps}}
-            logger.log(it + 1, row)
-            window = []
-        logger.advance(1, meta_loss=meta_loss.item())
-        if args.compile and it == start + 1:
-            logger.write(f"compile_meta_step: compiled={step_fn.compiled}, took {step_fn.compile_seconds} s")
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
-            checkpoint(it + 1)
+            window.append(meta_loss.item())
+            if not math.isfinite(window[-1]):  # compiled steps skip metaops' own finiteness checks
+                raise mo.inner.NonFiniteError(f"the meta-loss is {window[-1]} at meta-iteration {it + 1}; "
+                                              "lower the learning rates")
+            if (it + 1) % args.log_every == 0:
+                lrs = mo.tree.tree_leaves(net.learning_rates())
+                row = {"train/meta_loss": sum(window) / len(window),
+                       "train/mean_lr": (sum(a.sum() for a in lrs) / sum(a.numel() for a in lrs)).item()}
+                if (it + 1) % args.eval_every == 0:
+                    curve = evaluate(args.val_tasks, args.eval_seed + 1).mean(0)
+                    row["val/mse_pre"] = curve[0].item()
+                    row |= {f"val/mse_{k}": curve[k].item() for k in args.eval_steps}
+                logger.log(it + 1, row)
+                window = []
+            logger.advance(1, meta_loss=meta_loss.item())
+            if args.compile and it == start + 1:
+                logger.write(f"compile_meta_step: compiled={step_fn.compiled}, took {step_fn.compile_seconds} s")
+            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
+                checkpoint(it + 1)
     train_seconds = time.perf_counter() - train_start
 
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --
@@ -217,7 +222,7 @@ def main(args: Args) -> dict[str, float]:
         diverged = ~torch.isfinite(curves[:, k])
         if diverged.any():  # learned rates applied beyond inner_steps steps can blow up
             metrics[name], metrics[f"{name}_ci95"] = float("inf"), float("nan")
-            logger.write(f"{name}: {int(diverged.sum())} of {len(diverged)} held-out tasks diverged")
+            print(f"{name}: {int(diverged.sum())} of {len(diverged)} held-out tasks diverged")
         else:
             metrics[name], metrics[f"{name}_ci95"] = mean_confidence_interval(curves[:, k])
     history = logger.history()
@@ -226,7 +231,7 @@ def main(args: Args) -> dict[str, float]:
     if args.compile:
         metrics["compile_seconds"] = step_fn.compile_seconds if step_fn.compile_seconds is not None else float("nan")
     save_json(out / "metrics.json", metrics)
-    logger.write("held-out MSE: " + ", ".join(
+    print("held-out MSE: " + ", ".join(
         f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics))
 
     # --- plots: learning curve, and fits before/after adaptation on three held-out tasks ------
@@ -246,7 +251,6 @@ def main(args: Args) -> dict[str, float]:
         panels.append(FitPanel(x=x, target=target, support_x=support[0][i], support_y=support[1][i], curves=curves_i,
                                title=f"A={task.amplitude:.2f}, phase={task.phase:.2f}"))
     plot_fits(out / "fits.png", panels, title=f"{args.eval_shots}-shot adaptation with the learned step sizes")
-    logger.close()
     return metrics
 
 

@@ -186,8 +186,12 @@ class RunLogger:
         self._bar.write(message)
 
     def history(self) -> dict[str, list[float]]:
-        """Reads the CSV back as columns (``step`` included); empty cells become NaN."""
-        self._file.flush()
+        """Reads the CSV back as columns (``step`` included); empty cells become NaN.
+
+        Works after [close][metaops.experiment.RunLogger.close] too.
+        """
+        if not self._file.closed:
+            self._file.flush()
         with open(self.csv_path, newline="") as f:
             rows = list(csv.DictReader(f))
         return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in self._fields}

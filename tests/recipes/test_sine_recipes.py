@@ -82,3 +82,11 @@ def test_cli_help_in_process(name, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     assert "--iterations" in text and "--compile" in text and "--resume" in text
+
+
+def test_divergence_is_a_clear_error(tmp_path):
+    import metaops as mo
+
+    module, args = tiny("reptile_sine", tmp_path, inner_lr=1e6, tensorboard=False)
+    with pytest.raises(mo.inner.NonFiniteError, match="query-loss is (nan|inf) at meta-iteration 1"):
+        module.main(args)
