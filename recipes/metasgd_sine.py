@@ -24,11 +24,11 @@ from metaops.experiment import (
     check_positive,
     check_same_config,
     load_checkpoint,
-    mean_confidence_interval,
     plot_fits,
     plot_learning_curve,
     save_checkpoint,
     save_json,
+    summarize_tasks,
 )
 
 
@@ -60,9 +60,9 @@ class Args:
     """support points per held-out task (the paper's 5-shot evaluation)"""
     eval_query_shots: int = 100
     """query points per held-out task on which the MSE is measured"""
-    eval_steps: tuple[int, ...] = (1,)
-    """inner steps (with the learned step sizes) after which the held-out MSE is reported; the rates are
-    learned for inner_steps steps and applying them more often can diverge (reported as inf)"""
+    eval_steps: tuple[int, ...] = (1, 5, 10)
+    """inner steps (with the learned step sizes) after which the held-out MSE is reported; the rates are learned
+    for inner_steps steps, and applying them more often can diverge (counted in mse_k_diverged)"""
     eval_seed: int = 1_000
     """seed of the held-out tasks (the validation tasks use eval_seed + 1)"""
     val_tasks: int = 100
@@ -217,14 +217,8 @@ def main(args: Args) -> dict[str, float]:
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --
     curves = evaluate(args.eval_tasks, args.eval_seed)
     metrics: dict[str, float] = {}
-    for k in (0, *args.eval_steps):
-        name = "mse_pre" if k == 0 else f"mse_{k}"
-        diverged = ~torch.isfinite(curves[:, k])
-        if diverged.any():  # learned rates applied beyond inner_steps steps can blow up
-            metrics[name], metrics[f"{name}_ci95"] = float("inf"), float("nan")
-            print(f"{name}: {int(diverged.sum())} of {len(diverged)} held-out tasks diverged")
-        else:
-            metrics[name], metrics[f"{name}_ci95"] = mean_confidence_interval(curves[:, k])
+    for k in (0, *args.eval_steps):  # a task whose adaptation diverges is counted, not dropped
+        metrics |= summarize_tasks(curves[:, k], name="mse_pre" if k == 0 else f"mse_{k}")
     history = logger.history()
     metrics["final_meta_loss"] = next((v for v in reversed(history["train/meta_loss"]) if v == v), float("nan"))
     metrics["train_seconds"] = train_seconds
@@ -232,7 +226,8 @@ def main(args: Args) -> dict[str, float]:
         metrics["compile_seconds"] = step_fn.compile_seconds if step_fn.compile_seconds is not None else float("nan")
     save_json(out / "metrics.json", metrics)
     print("held-out MSE: " + ", ".join(
-        f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics))
+        f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics)
+        + "".join(f", {name} on {value:.0f} task(s)" for name, value in metrics.items() if name.endswith("_diverged")))
 
     # --- plots: learning curve, and fits before/after adaptation on three held-out tasks ------
     plot_learning_curve(out / "learning_curve.png", {

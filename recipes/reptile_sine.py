@@ -23,11 +23,11 @@ from metaops.experiment import (
     check_positive,
     check_same_config,
     load_checkpoint,
-    mean_confidence_interval,
     plot_fits,
     plot_learning_curve,
     save_checkpoint,
     save_json,
+    summarize_tasks,
 )
 
 
@@ -212,9 +212,8 @@ def main(args: Args) -> dict[str, float]:
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --
     curves = evaluate(args.eval_tasks, args.eval_seed)
     metrics: dict[str, float] = {}
-    for k in (0, *args.eval_steps):
-        name = "mse_pre" if k == 0 else f"mse_{k}"
-        metrics[name], metrics[f"{name}_ci95"] = mean_confidence_interval(curves[:, k])
+    for k in (0, *args.eval_steps):  # a task whose adaptation diverges is counted, not dropped
+        metrics |= summarize_tasks(curves[:, k], name="mse_pre" if k == 0 else f"mse_{k}")
     history = logger.history()
     metrics["final_query_loss"] = next((v for v in reversed(history["train/query_loss"]) if v == v), float("nan"))
     metrics["train_seconds"] = train_seconds
@@ -222,7 +221,8 @@ def main(args: Args) -> dict[str, float]:
         metrics["compile_seconds"] = step_fn.compile_seconds if step_fn.compile_seconds is not None else float("nan")
     save_json(out / "metrics.json", metrics)
     print("held-out MSE: " + ", ".join(
-        f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics))
+        f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics)
+        + "".join(f", {name} on {value:.0f} task(s)" for name, value in metrics.items() if name.endswith("_diverged")))
 
     # --- plots: learning curve, and fits before/after adaptation on three held-out tasks ------
     plot_learning_curve(out / "learning_curve.png", {

@@ -8,7 +8,7 @@ from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, sav
 from metaops.experiment._config import check_positive, check_same_config
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
-from metaops.experiment._stats import mean_confidence_interval
+from metaops.experiment._stats import mean_confidence_interval, summarize_tasks
 
 __all__ = [
     "save_checkpoint",
@@ -17,6 +17,7 @@ __all__ = [
     "RunLogger",
     "save_json",
     "mean_confidence_interval",
+    "summarize_tasks",
     "plot_learning_curve",
     "plot_fits",
     "FitPanel",

@@ -12,6 +12,7 @@ from metaops.experiment import (
     mean_confidence_interval,
     plot_fits,
     plot_learning_curve,
+    summarize_tasks,
 )
 
 
@@ -63,3 +64,13 @@ def test_check_same_config_names_every_difference():
     check_same_config({"a": 1, "n": 5}, {"a": 1, "n": 9}, ignore=["n"])
     with pytest.raises(ValueError, match=r"a: 1 \(checkpoint\) != 2 \(now\); b: 'x' \(checkpoint\) != '<missing>'"):
         check_same_config({"a": 1, "b": "x"}, {"a": 2})
+
+
+def test_summarize_tasks_counts_diverged_tasks_instead_of_dropping_them():
+    values = [1.0, 2.0, 3.0, float("nan"), float("inf")]
+    out = summarize_tasks(values, name="mse_5")
+    assert out["mse_5"] == math.inf and math.isnan(out["mse_5_ci95"]) and out["mse_5_diverged"] == 2.0
+    assert (out["mse_5_finite"], out["mse_5_finite_ci95"]) == pytest.approx(mean_confidence_interval([1.0, 2.0, 3.0]))
+    assert summarize_tasks([1.0, 2.0, 3.0], name="m") == dict(zip(["m", "m_ci95"], mean_confidence_interval([1, 2, 3])))
+    with pytest.raises(ValueError, match="at least 2"):
+        summarize_tasks([1.0, float("nan")], name="m")
