@@ -59,11 +59,26 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
             torch.save({"format": _FORMAT, "version": CHECKPOINT_VERSION, "state": state}, f)
             f.flush()
             os.fsync(f.fileno())
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it; done once, at import
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def default_permissions(path: str | os.PathLike) -> None:
+    """Gives a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would (0666 minus umask)."""
+    os.chmod(path, 0o666 & ~_UMASK)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from metaops.experiment._checkpoint import default_permissions
+
 __all__ = ["RunLogger", "save_json"]
 
 
@@ -42,6 +44,7 @@ def save_json(path: str | os.PathLike, obj: Any) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        default_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -147,6 +150,7 @@ class RunLogger:
         fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".tmp", dir=self.out_dir)
         with os.fdopen(fd, "w", newline="") as f:
             f.writelines(lines[: rows + 1])
+        default_permissions(tmp)
         os.replace(tmp, self.csv_path)
 
     @property

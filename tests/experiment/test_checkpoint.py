@@ -84,3 +84,11 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
 def test_state_must_be_a_dict(tmp_path):
     with pytest.raises(TypeError, match="must be a dict"):
         save_checkpoint(tmp_path / "c.pt", [1, 2])
+
+
+def test_checkpoint_gets_ordinary_file_permissions(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, {"iteration": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
