@@ -173,7 +173,7 @@ def adaptation_curve(policy, params, env, tasks, loss_fn, *, steps: int, inner_l
                      gae_lambda: float, horizon: int, generator: torch.Generator) -> Tensor:
     """Mean episode return per task after 0..steps inner steps (re-sampling after each): `(steps + 1, task)`."""
     params = {k: v.detach().expand(len(tasks), *v.shape) for k, v in params.items()}  # one copy per task
-    one_step = lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(inner_lr), steps=1)  # noqa: E731
+    one_step = lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(inner_lr), steps=1)
     curve = []
     for k in range(steps + 1):
         batch = envs.sample_episodes(env, policy, params, tasks, generator=generator, horizon=horizon)

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import metaops as mo
+from metaops import envs
 from metaops.experiment import load_checkpoint
 from recipes import maml_trpo, maml_trpo_eval
 
@@ -70,6 +72,32 @@ def test_other_estimators_and_inner_steps_run(tmp_path, overrides):
     # inner_steps=2 samples pre-update episodes twice per iteration: 2 x pre + post
     expected_batches = overrides.get("inner_steps", 1) + 1
     assert metrics["env_steps"] <= expected_batches * TINY.meta_batch * TINY.episodes * TINY.horizon
+
+
+def test_estimators_share_the_inner_step_but_not_its_curvature():
+    """Same adapted params for every estimator; the meta-gradients differ as the docs table says."""
+    torch.manual_seed(0)
+    env = envs.make_batched("Navigation2D", num_tasks=1, episodes_per_task=1)
+    policy = maml_trpo.make_policy(env, (8,)).double()
+    theta = {k: v.detach() for k, v in policy.named_parameters()}
+    obs, actions = torch.randn(3, 6, 2, dtype=torch.float64), torch.randn(3, 6, 2, dtype=torch.float64)
+    advantages, mask = torch.randn(3, 6, dtype=torch.float64), torch.ones(3, 6, dtype=torch.float64)
+    batch = (obs, actions, advantages, mask)
+
+    def outer(estimator, decay=1.0):
+        loss_fn = maml_trpo.make_inner_loss(policy, estimator, dice_decay=decay)
+        adapted = lambda th: mo.inner.adapt(loss_fn, th, batch, mo.inner.sgd(0.5), steps=1)
+        post_loss = lambda th: loss_fn(adapted(th), (obs + 1, actions, advantages.flip(-1), mask))
+        return adapted(theta), torch.func.grad(post_loss)(theta)
+
+    (a_dice, g_dice), (a_lvc, g_lvc) = outer("dice"), outer("lvc")
+    (a_sf, g_sf), (_, g_dice0) = outer("score-function"), outer("dice", decay=0.0)
+    for name in theta:
+        torch.testing.assert_close(a_dice[name], a_sf[name])
+        torch.testing.assert_close(a_lvc[name], a_sf[name])
+        torch.testing.assert_close(g_dice0[name], g_lvc[name])  # Loaded DiCE with decay 0 == LVC
+    differs = lambda g, h: any(not torch.allclose(g[k], h[k]) for k in g)
+    assert differs(g_dice, g_lvc) and differs(g_lvc, g_sf) and differs(g_dice, g_sf)
 
 
 def test_resume_is_exact(tmp_path):
