@@ -49,6 +49,9 @@ def plot_learning_curve(
         ylabel: Vertical axis label.
         log_y: Logarithmic vertical axis (when all plotted values are positive).
 
+    The vertical axis stops at twice the 98th percentile of all plotted values, so a rare spike
+    (one diverged evaluation, say) does not flatten the curves; the spike runs off the top.
+
     Raises:
         ValueError: If a curve's steps and values differ in length, or no curve has a point.
 
@@ -61,7 +64,7 @@ def plot_learning_curve(
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    positive, plotted = True, 0
+    shown = []
     for label, (steps, values) in curves.items():
         x, y = _array(steps), _array(values)
         if x.shape != y.shape:
@@ -69,12 +72,15 @@ def plot_learning_curve(
         keep = np.isfinite(y)
         if keep.any():
             ax.plot(x[keep], y[keep], label=label)
-            positive = positive and bool((y[keep] > 0).all())
-            plotted += 1
-    if plotted == 0:
+            shown.append(y[keep])
+    if not shown:
         raise ValueError("plot_learning_curve: no curve has a finite point")
-    if log_y and positive:
+    values = np.concatenate(shown)
+    if log_y and (values > 0).all():
         ax.set_yscale("log")
+    top = 2.0 * np.quantile(values, 0.98)
+    if values.max() > top > values.min():  # a rare spike (e.g. one diverged evaluation) must not flatten the rest
+        ax.set_ylim(top=top)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
