@@ -51,7 +51,7 @@ class Args:
     """inner SGD step size (also used at evaluation)"""
     reg: float = 10.0
     """proximal regularisation lambda: the inner loop minimises L(phi) + lambda/2 |phi - theta|^2; it must exceed
-    the most negative Hessian eigenvalue of the support loss (about 6 here) or CG solves an indefinite system"""
+    minus the smallest Hessian eigenvalue of the support loss (about 6 here) or CG solves an indefinite system"""
     cg_steps: int = 5
     """conjugate-gradient iterations for (I + H / lambda)^-1 g"""
     meta_lr: float = 1e-3
