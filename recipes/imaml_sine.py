@@ -218,6 +218,16 @@ def main(args: Args) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for k in (0, *args.eval_steps):  # a task whose adaptation diverges is counted, not dropped
         metrics |= summarize_tasks(curves[:, k], name="mse_pre" if k == 0 else f"mse_{k}")
+
+    def proximal_mse(params, support, query):  # iMAML's own adaptation: the proximal problem it trains for
+        proximal = mo.inner.proximal_loss(loss_fn, params, reg=args.reg)
+        adapted = mo.inner.adapt(proximal, params, support, mo.inner.sgd(args.inner_lr), steps=args.inner_steps)
+        return loss_fn(adapted, query)
+
+    _, support, query = held_out(args.eval_tasks, args.eval_seed)
+    params = mo.tree.stop_gradient(mo.nn.named_params(model))
+    metrics |= summarize_tasks(mo.map_tasks(proximal_mse, in_dims=(None, 0, 0))(params, support, query),
+                               name="mse_proximal")
     history = logger.history()
     metrics["final_meta_loss"] = next((v for v in reversed(history["train/meta_loss"]) if v == v), float("nan"))
     metrics["train_seconds"] = train_seconds

@@ -33,6 +33,8 @@ def test_smoke_writes_every_artifact(tmp_path, name):
     module, args = tiny(name, tmp_path)
     metrics = module.main(args)
     assert {"mse_pre", "mse_pre_ci95", *[f"mse_{k}" for k in args.eval_steps]} <= set(metrics)
+    if name == "imaml_sine":
+        assert {"mse_proximal", "mse_proximal_ci95"} <= set(metrics)
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     for file in ("config.json", "metrics.csv", "metrics.json", "checkpoint.pt", "learning_curve.png", "fits.png"):
         assert (tmp_path / file).stat().st_size > 0, file
