@@ -60,7 +60,9 @@ class CompiledMetaStep:
        implicit inner loops (their ``torch.autograd.Function`` is not traceable by dynamo under
        ``torch.func`` transforms, torch 2.13), and batch norm that made ``strategy="auto"``
        fall back to the per-task loop. Those stay eager, with a ``RuntimeWarning``.
-    2. The second call compiles (timed in ``compile_seconds``) and runs the compiled graph.
+    2. The second call compiles (timed in ``compile_seconds``) and runs the compiled graph;
+       ``DeprecationWarning``s raised inside torch while compiling are silenced, so that
+       running under ``-W error`` does not fail the compilation.
     3. Later calls with the same shapes reuse the graph without recompiling.
 
     If compiling fails at any call (no C compiler, an unsupported construct, a failing
@@ -117,7 +119,12 @@ class CompiledMetaStep:
             return out
         start = time.perf_counter()
         try:
-            out = self._compiled_fn(*args, **kwargs)
+            if self.compile_seconds is None:  # compiling: torch's own deprecation warnings
+                with warnings.catch_warnings():  # must not fail it under `-W error`
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    out = self._compiled_fn(*args, **kwargs)
+            else:
+                out = self._compiled_fn(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - decide below whether the compiler is at fault
             # Run the same call eagerly: if it fails too, the error is the user's (raise it);
             # if it succeeds, the compiler failed and the step stays eager from now on.
