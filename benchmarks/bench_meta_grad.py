@@ -278,7 +278,7 @@ def drive(a) -> None:
         impls = a.impls.split(",")
     repeats = a.repeats or (30 if a.suite == "w1" else 5)
     load = os.getloadavg()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, threads {a.threads}, "
+    print(f"Run: {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, threads {a.threads}, "
           f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at start, {repeats} repeats", flush=True)
     for config in _configs(a.suite):
         print(f"\n## {config}", flush=True)
@@ -320,7 +320,7 @@ def drive(a) -> None:
                 print(f"| {impl} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r['peak_extra_mb']:.0f} | "
                       f"{speed} | {diff} | {note} |", flush=True)
     load = os.getloadavg()
-    print(f"\n# load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+    print(f"\nRun load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
 
 
 def main() -> None:

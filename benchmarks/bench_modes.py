@@ -90,7 +90,7 @@ def run_one(a) -> dict:
 
 def drive(a) -> None:
     load = os.getloadavg()
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, workload {a.workload}, threads "
+    print(f"Run: {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, workload {a.workload}, threads "
           f"{a.threads}, load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at start, {a.repeats} repeats\n")
     print("| mode | inner steps | median ms | peak extra MB | grad rel. diff vs unroll |")
     print("|---|---|---|---|---|", flush=True)
@@ -114,7 +114,7 @@ def drive(a) -> None:
                 print(f"| {mode} | {steps} | {r['median_ms']:.1f} | {r['peak_extra_mb']:.0f} | {diff:.1e} |",
                       flush=True)
     load = os.getloadavg()
-    print(f"\n# load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
+    print(f"\nRun load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
 
 
 def main() -> None:
