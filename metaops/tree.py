@@ -57,6 +57,10 @@ def tree_map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
         >>> tree_map(lambda a, b: a + b, {"w": torch.ones(2)}, {"w": torch.ones(2)})
         {'w': tensor([2., 2.])}
     """
+    if _is_flat_params(tree) and all(isinstance(r, dict) and r.keys() == tree.keys() for r in rest):
+        # Fast path for the canonical Params dict (flat, tensor-valued): pair by name directly.
+        if all(_is_flat_params(r) for r in rest):
+            return {k: fn(v, *(r[k] for r in rest)) for k, v in tree.items()}
     if rest:
         spec = _pytree.tree_structure(tree)
         aligned = []
@@ -71,6 +75,10 @@ def tree_map(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
             aligned.append(other)
         rest = tuple(aligned)
     return _pytree.tree_map(fn, tree, *rest)
+
+
+def _is_flat_params(tree: PyTree) -> bool:
+    return type(tree) is dict and all(isinstance(v, Tensor) for v in tree.values())
 
 
 def _align(reference: PyTree, other: PyTree) -> PyTree:

@@ -60,9 +60,17 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
     memory does not grow with ``steps``. Meta-gradients flow only to the initial parameters;
     the optimizer's hyperparameters get none (the solution does not depend on them).
 
+    Conjugate gradient needs $I + H/\lambda$ to be positive definite, i.e.
+    $\lambda > -\lambda_{\min}(H)$. Neural-network losses often have negative curvature
+    (an eigenvalue of about $-6$ was measured on the sinusoid MLP), and with too small a
+    $\lambda$ the solve silently returns a meaningless vector. Choose $\lambda$ well above
+    the most negative eigenvalue (check it once with [metaops.implicit.hvp][] and power
+    iteration, or compare with the dense solve on a small model), or increase it until the
+    meta-gradient stops changing.
+
     Args:
         optimizer: Inner optimizer used to solve the proximal problem.
-        reg: Proximal regularisation $\lambda > 0$.
+        reg: Proximal regularisation $\lambda > 0$; see above for how large it must be.
         cg_steps: Conjugate-gradient iterations (fixed, so the whole thing vmaps).
 
     Returns:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from metaops.inner._base import InnerOptimizer
 from metaops.inner._meta_sgd import meta_sgd
-from metaops.nn._params import named_params
+from metaops.nn._params import named_params, set_grads
 from metaops.typing import Params, PyTree
 
 __all__ = ["MetaSGD"]
@@ -61,6 +61,17 @@ class MetaSGD(nn.Module):
         """Builds the inner optimizer from (possibly functional) meta-parameters."""
         lrs = self.learning_rates() if meta_params is None else meta_params["lrs"]
         return meta_sgd(lrs)
+
+    def set_grads(self, grads: dict[str, Params], *, accumulate: bool = False) -> None:
+        """Writes ``{"params": ..., "lrs": ...}`` meta-gradients into ``.grad``, matched by name.
+
+        Use it with gradients returned by [metaops.meta_value_and_grad][], then step a
+        ``torch.optim`` optimizer over ``self.parameters()``.
+        """
+        if set(grads) != {"params", "lrs"}:
+            raise ValueError(f"MetaSGD.set_grads expects keys ['lrs', 'params'], got {sorted(grads)}")
+        set_grads(self.model, grads["params"], accumulate=accumulate)
+        set_grads(self.lrs, {k.replace(".", ":"): g for k, g in grads["lrs"].items()}, accumulate=accumulate)
 
     def forward(self, *args: Tensor, **kwargs: Tensor) -> Tensor:
         return self.model(*args, **kwargs)

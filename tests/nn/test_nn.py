@@ -69,3 +69,8 @@ def test_meta_sgd_meta_value_and_grad_with_pytree_meta_params():
     meta = {k: {n: t.detach() for n, t in v.items()} for k, v in net.meta_params().items()}
     loss, grads = mo.meta_value_and_grad(task_loss, meta, x, y)
     assert set(grads) == {"params", "lrs"} and grads["lrs"]["weight"].shape == (1, 1)
+    net.set_grads(grads)
+    torch.testing.assert_close(net.lrs["weight"].grad, grads["lrs"]["weight"])
+    torch.testing.assert_close(net.model.bias.grad, grads["params"]["bias"])
+    with pytest.raises(ValueError, match="expects keys"):
+        net.set_grads(grads["params"])
