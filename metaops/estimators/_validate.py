@@ -16,7 +16,13 @@ __all__: list[str] = []
 
 
 def _is_plain(x: Tensor) -> bool:
-    """Whether ``x`` is an ordinary tensor whose values may be inspected (not under a transform)."""
+    """Whether ``x`` is an ordinary tensor whose values may be inspected (not under a transform).
+
+    Under ``torch.compile`` no value can be inspected (and the functorch query is not
+    traceable), so value checks are skipped there, as inside ``vmap``.
+    """
+    if torch.compiler.is_compiling():
+        return False
     return not torch._C._functorch.is_functorch_wrapped_tensor(x)
 
 
