@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: venv demo demo-sine test test-slow docs serve-docs bench lint clean
+.PHONY: venv demo demo-sine test test-fast docs serve-docs bench lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,12 +34,13 @@ demo: venv
 demo-sine: venv
 	$(PY) -m recipes.maml_sine
 
+# The whole suite: the default tier and the slow learning tests (about a minute more).
 test: venv
-	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -n 2 -m "slow or not slow" $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lint docs
 
-test-slow: venv
-	$(PY) -m pytest -n 2 -m slow $(PYTEST_ARGS)
+test-fast: venv
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check metaops recipes tests benchmarks
