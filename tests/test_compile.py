@@ -135,8 +135,9 @@ def test_inductor_compiled_equals_eager():
     task_loss = _task_loss(loss_fn, "second_order")
     eager = lambda m, s, q: mo.meta_value_and_grad(task_loss, m, s, q, strategy="vmap")
     step = mo.compile_meta_step(eager)
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # process-global
     for _ in range(3):
         out = step(theta, support, query)
     assert step.compiled, step.fallback_reason
     assert_trees_close(out, eager(theta, support, query), rtol=1e-9, atol=1e-11)
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before == 1
