@@ -9,7 +9,7 @@ from torch import Tensor
 
 from metaops.inner._adapt import checked_loss, unrolled_steps
 from metaops.inner._base import InnerOptimizer
-from metaops.inner._validate import under_transform
+from metaops.inner._validate import split_tensors, under_transform
 from metaops.tree import tree_add, tree_flatten, tree_unflatten
 from metaops.typing import LossFn, Params
 
@@ -66,8 +66,7 @@ def checkpointed(optimizer: InnerOptimizer) -> InnerOptimizer:
     def loop(loss_fn: LossFn, params: Params, batch: Any, steps: int) -> Params:
         names = list(params)
         hyper_leaves, hyper_spec = tree_flatten(optimizer.hyperparams)
-        batch_leaves, batch_spec = tree_flatten(batch)
-        batch_is_tensor = [isinstance(x, Tensor) for x in batch_leaves]
+        tensors, rebuild_batch = split_tensors(batch)
         spec = _Spec(
             loss_fn=loss_fn,
             optimizer=optimizer,
@@ -75,11 +74,9 @@ def checkpointed(optimizer: InnerOptimizer) -> InnerOptimizer:
             names=names,
             hyper_spec=hyper_spec,
             num_hyper=len(hyper_leaves),
-            batch_spec=batch_spec,
-            batch_constants=[_TENSOR if t else x for t, x in zip(batch_is_tensor, batch_leaves)],
+            rebuild_batch=rebuild_batch,
             check_finite=not under_transform(),
         )
-        tensors = [x for x in batch_leaves if isinstance(x, Tensor)]
         out = _CheckpointedLoop.apply(spec, *[params[n] for n in names], *hyper_leaves, *tensors)
         return dict(zip(names, out[: len(names)]))
 
@@ -93,9 +90,6 @@ def checkpointed(optimizer: InnerOptimizer) -> InnerOptimizer:
     )
 
 
-_TENSOR = object()  # marks where a tensor leaf of the batch goes
-
-
 class _Spec(NamedTuple):
     loss_fn: Any
     optimizer: InnerOptimizer
@@ -103,17 +97,14 @@ class _Spec(NamedTuple):
     names: list
     hyper_spec: Any
     num_hyper: int
-    batch_spec: Any
-    batch_constants: list
+    rebuild_batch: Any
     check_finite: bool
 
     def split(self, inputs):
         n, h = len(self.names), self.num_hyper
         params = dict(zip(self.names, inputs[:n]))
         hyper = tree_unflatten(list(inputs[n : n + h]), self.hyper_spec)
-        it = iter(inputs[n + h :])
-        leaves = [next(it) if c is _TENSOR else c for c in self.batch_constants]
-        return params, hyper, tree_unflatten(leaves, self.batch_spec)
+        return params, hyper, self.rebuild_batch(inputs[n + h :])
 
 
 def _float_mask(leaves):

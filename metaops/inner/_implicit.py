@@ -11,8 +11,8 @@ from metaops.implicit._cg import cg
 from metaops.implicit._hvp import hvp
 from metaops.inner._adapt import checked_loss, unrolled_steps
 from metaops.inner._base import InnerOptimizer
-from metaops.inner._validate import under_transform
-from metaops.tree import tree_axpy, tree_flatten, tree_sq_dist, tree_unflatten
+from metaops.inner._validate import split_tensors, under_transform
+from metaops.tree import tree_axpy, tree_sq_dist
 from metaops.typing import LossFn, Params
 
 __all__ = ["implicit", "proximal_loss"]
@@ -104,8 +104,7 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
 
     def loop(loss_fn: LossFn, params: Params, batch: Any, steps: int) -> Params:
         names = list(params)
-        batch_leaves, batch_spec = tree_flatten(batch)
-        is_tensor = [isinstance(x, Tensor) for x in batch_leaves]
+        tensors, rebuild_batch = split_tensors(batch)
         spec = _Spec(
             loss_fn=loss_fn,
             optimizer=optimizer,
@@ -113,11 +112,9 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
             reg=float(reg),
             cg_steps=cg_steps,
             names=names,
-            batch_spec=batch_spec,
-            batch_constants=[_TENSOR if t else x for t, x in zip(is_tensor, batch_leaves)],
+            rebuild_batch=rebuild_batch,
             check_finite=not under_transform(),
         )
-        tensors = [x for x in batch_leaves if isinstance(x, Tensor)]
         out = _ImplicitSolve.apply(spec, *[params[n] for n in names], *tensors)
         return dict(zip(names, out))
 
@@ -131,9 +128,6 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
     )
 
 
-_TENSOR = object()  # marks where a tensor leaf of the batch goes
-
-
 class _Spec(NamedTuple):
     loss_fn: Any
     optimizer: InnerOptimizer
@@ -141,16 +135,12 @@ class _Spec(NamedTuple):
     reg: float
     cg_steps: int
     names: list
-    batch_spec: Any
-    batch_constants: list
+    rebuild_batch: Any
     check_finite: bool
 
     def split(self, inputs):
         n = len(self.names)
-        params = dict(zip(self.names, inputs[:n]))
-        it = iter(inputs[n:])
-        leaves = [next(it) if c is _TENSOR else c for c in self.batch_constants]
-        return params, tree_unflatten(leaves, self.batch_spec)
+        return dict(zip(self.names, inputs[:n])), self.rebuild_batch(inputs[n:])
 
 
 class _ImplicitSolve(torch.autograd.Function):

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from metaops.tree import tree_leaves
+from metaops.tree import tree_flatten, tree_leaves, tree_unflatten
 from metaops.typing import Params
 
 
@@ -78,3 +79,20 @@ def under_transform() -> bool:
 
 def all_finite(tree: object) -> bool:
     return all(bool(torch.isfinite(x).all()) for x in tree_leaves(tree))
+
+
+def split_tensors(tree: object) -> tuple[list[Tensor], Callable[[Sequence[Tensor]], object]]:
+    """Separates a pytree's tensor leaves (``autograd.Function`` inputs) from its other leaves.
+
+    Returns the tensors and ``rebuild(new_tensors)``, which puts tensors back where the
+    original ones stood and keeps every non-tensor leaf as it was.
+    """
+    leaves, spec = tree_flatten(tree)
+    is_tensor = [isinstance(x, Tensor) for x in leaves]
+    constants = [None if t else x for t, x in zip(is_tensor, leaves)]
+
+    def rebuild(tensors: Sequence[Tensor]) -> object:
+        it = iter(tensors)
+        return tree_unflatten([next(it) if t else c for t, c in zip(is_tensor, constants)], spec)
+
+    return [x for x, t in zip(leaves, is_tensor) if t], rebuild
