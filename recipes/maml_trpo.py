@@ -27,8 +27,7 @@ from metaops import envs, estimators, rl
 from metaops.experiment import (
     RunLogger,
     check_positive,
-    check_same_config,
-    load_checkpoint,
+    load_run_checkpoint,
     mean_confidence_interval,
     plot_learning_curve,
     save_checkpoint,
@@ -220,12 +219,8 @@ def main(args: Args) -> dict[str, float]:
     start, log_rows, env_steps = 0, 0, 0
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("recipe") != "maml_trpo":
-            raise ValueError(f"{ckpt_path} was written by recipe {ckpt.get('recipe')!r}, not maml_trpo")
-        check_same_config(ckpt["config"], asdict(args), ignore=RUN_CONTROL)
-        if ckpt["iteration"] > args.iterations:
-            raise ValueError(f"{ckpt_path} is at iteration {ckpt['iteration']}, beyond --iterations {args.iterations}")
+        ckpt = load_run_checkpoint(ckpt_path, recipe="maml_trpo", config=asdict(args), ignore=RUN_CONTROL,
+                                   iterations=args.iterations)
         policy.load_state_dict(ckpt["policy"])
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"]

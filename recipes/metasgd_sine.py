@@ -22,8 +22,7 @@ from metaops.experiment import (
     FitPanel,
     RunLogger,
     check_positive,
-    check_same_config,
-    load_checkpoint,
+    load_run_checkpoint,
     plot_fits,
     plot_learning_curve,
     save_checkpoint,
@@ -160,12 +159,8 @@ def main(args: Args) -> dict[str, float]:
     start, log_rows, window = 0, 0, []
     ckpt_path = out / "checkpoint.pt"
     if args.resume and ckpt_path.exists():
-        ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("recipe") != "metasgd_sine":
-            raise ValueError(f"{ckpt_path} was written by recipe {ckpt.get('recipe')!r}, not metasgd_sine")
-        check_same_config(ckpt["config"], asdict(args), ignore=RUN_CONTROL)
-        if ckpt["iteration"] > args.iterations:
-            raise ValueError(f"{ckpt_path} is at iteration {ckpt['iteration']}, beyond --iterations {args.iterations}")
+        ckpt = load_run_checkpoint(ckpt_path, recipe="metasgd_sine", config=asdict(args), ignore=RUN_CONTROL,
+                                   iterations=args.iterations)
         net.load_state_dict(ckpt["model"])
         meta_opt.load_state_dict(ckpt["meta_opt"])
         g.set_state(ckpt["generator"])

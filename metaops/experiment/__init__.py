@@ -4,7 +4,7 @@ Nothing here is meta-learning specific; it is the plumbing every recipe needs, k
 the recipe files so that they show only the algorithm.
 """
 
-from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, load_run_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive, check_same_config
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
@@ -13,6 +13,7 @@ from metaops.experiment._stats import mean_confidence_interval, summarize_tasks
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
+    "load_run_checkpoint",
     "CheckpointError",
     "RunLogger",
     "save_json",

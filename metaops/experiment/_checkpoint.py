@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+from metaops.experiment._config import check_same_config
+
+__all__ = ["CHECKPOINT_VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint", "load_run_checkpoint"]
 
 CHECKPOINT_VERSION = 1  # bump when the file layout changes; load_checkpoint refuses other versions
 _FORMAT = "metaops-checkpoint"
@@ -141,3 +144,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"version {CHECKPOINT_VERSION}; rerun without resuming, or use the metaops that wrote it"
         )
     return payload["state"]
+
+
+def load_run_checkpoint(
+    path: str | os.PathLike,
+    *,
+    recipe: str,
+    config: Mapping[str, Any],
+    ignore: Iterable[str] = (),
+    iterations: int,
+) -> dict[str, Any]:
+    """Loads a recipe's checkpoint to resume it, refusing one that does not belong to this run.
+
+    Checks, with errors that name the problem, that the checkpoint was written by ``recipe``,
+    that its configuration equals ``config`` except for the ``ignore`` fields (see
+    [metaops.experiment.check_same_config][]), and that it is not beyond ``iterations``.
+
+    Args:
+        path: The checkpoint file.
+        recipe: The recipe's name, as stored under ``"recipe"``.
+        config: The current configuration, compared with the stored ``"config"``.
+        ignore: Fields a resumed run may change (run control such as ``iterations``).
+        iterations: The run's total iterations; the stored ``"iteration"`` may not exceed it.
+
+    Returns:
+        The checkpoint's state dict.
+
+    Raises:
+        CheckpointError: If the file is missing or corrupt.
+        ValueError: If it belongs to another recipe, another configuration, or a longer run.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "checkpoint.pt"
+        >>> save_checkpoint(path, {"recipe": "demo", "config": {"lr": 0.1}, "iteration": 3})
+        >>> load_run_checkpoint(path, recipe="demo", config={"lr": 0.1}, iterations=10)["iteration"]
+        3
+        >>> load_run_checkpoint(path, recipe="other", config={"lr": 0.1}, iterations=10)
+        Traceback (most recent call last):
+        ...
+        ValueError: ... was written by recipe 'demo', not other
+    """
+    state = load_checkpoint(path)
+    if state.get("recipe") != recipe:
+        raise ValueError(f"{path} was written by recipe {state.get('recipe')!r}, not {recipe}")
+    check_same_config(state["config"], config, ignore=ignore)
+    if state["iteration"] > iterations:
+        raise ValueError(f"{path} is at iteration {state['iteration']}, beyond --iterations {iterations}")
+    return state
