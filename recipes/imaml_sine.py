@@ -121,14 +121,17 @@ def main(args: Args) -> dict[str, float]:
         x, y = batch
         return F.mse_loss(torch.func.functional_call(model, params, (x,)), y)
 
-    # --- iMAML: solve the proximal problem without a graph, differentiate it implicitly -------
-    def task_loss(params, support, query):
-        inner_opt = mo.inner.implicit(mo.inner.sgd(args.inner_lr), reg=args.reg, cg_steps=args.cg_steps)
-        adapted = mo.inner.adapt(loss_fn, params, support, inner_opt, steps=args.inner_steps)
-        return loss_fn(adapted, query)  # its gradient: (I + H/lambda)^-1 grad L_query(phi*), by CG
+    # --- iMAML: solve the proximal problem without a graph; the meta-gradient of one task is ----
+    # (I + H/lambda)^-1 grad L_query(phi*), H the support Hessian at phi*, solved by CG
+    def task_value_and_grad(params, support, query):
+        return mo.inner.implicit_value_and_grad(
+            lambda adapted: loss_fn(adapted, query), loss_fn, params, support, mo.inner.sgd(args.inner_lr),
+            reg=args.reg, steps=args.inner_steps, cg_steps=args.cg_steps,
+        )
 
     def meta_step(params, support, query):  # mean query loss over the task batch, and its gradient
-        return mo.meta_value_and_grad(task_loss, params, support, query, strategy="vmap")
+        losses, grads = mo.map_tasks(task_value_and_grad, in_dims=(None, 0, 0), strategy="vmap")(params, support, query)
+        return losses.mean(), mo.tree.tree_map(lambda g: g.mean(0), grads)
 
     step_fn = mo.compile_meta_step(meta_step) if args.compile else meta_step
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -11,11 +12,11 @@ from metaops.implicit._cg import cg
 from metaops.implicit._hvp import hvp
 from metaops.inner._adapt import checked_loss, unrolled_steps
 from metaops.inner._base import InnerOptimizer
-from metaops.inner._validate import split_tensors, under_transform
+from metaops.inner._validate import check_params, check_steps, split_tensors, under_transform
 from metaops.tree import tree_axpy, tree_sq_dist
 from metaops.typing import LossFn, Params
 
-__all__ = ["implicit", "proximal_loss"]
+__all__ = ["implicit", "implicit_value_and_grad", "proximal_loss"]
 
 
 def proximal_loss(loss_fn: LossFn, anchor: Params, *, reg: float) -> LossFn:
@@ -93,14 +94,7 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
     References:
         Rajeswaran, Finn, Kakade, Levine, "Meta-Learning with Implicit Gradients", NeurIPS 2019.
     """
-    if not isinstance(optimizer, InnerOptimizer):
-        raise TypeError(f"implicit expects an InnerOptimizer, got {type(optimizer).__name__}")
-    if optimizer.loop is not None:
-        raise ValueError(f"implicit cannot wrap {optimizer.name}: it already has its own loop")
-    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
-        raise ValueError(f"implicit needs reg > 0 (a float), got {reg!r}")
-    if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-        raise ValueError(f"implicit needs cg_steps >= 1 (an int), got {cg_steps!r}")
+    _check_implicit_args("implicit", optimizer, reg, cg_steps)
 
     def loop(loss_fn: LossFn, params: Params, batch: Any, steps: int) -> Params:
         names = list(params)
@@ -128,6 +122,116 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
     )
 
 
+
+def _check_implicit_args(where: str, optimizer: object, reg: object, cg_steps: object) -> None:
+    if not isinstance(optimizer, InnerOptimizer):
+        raise TypeError(f"{where} expects an InnerOptimizer, got {type(optimizer).__name__}")
+    if optimizer.loop is not None:
+        raise ValueError(f"{where} cannot wrap {optimizer.name}: it already has its own loop")
+    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
+        raise ValueError(f"{where} needs reg > 0 (a float), got {reg!r}")
+    if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
+        raise ValueError(f"{where} needs cg_steps >= 1 (an int), got {cg_steps!r}")
+
+
+def _solve_proximal(
+    loss_fn: LossFn, anchor: Params, batch: Any, optimizer: InnerOptimizer, reg: float, steps: int,
+    *, check_finite: bool,
+) -> Params:
+    """Runs ``optimizer`` on the proximal problem from ``anchor`` (detached) without a graph."""
+    prox = proximal_loss(loss_fn, anchor, reg=reg)
+    phi, _ = unrolled_steps(
+        prox, anchor, batch, optimizer, optimizer.init(anchor), optimizer.hyperparams, steps,
+        check_finite=check_finite,
+    )
+    return {name: value.detach() for name, value in phi.items()}
+
+
+def _inverse_hessian_product(
+    loss_fn: LossFn, phi: Params, batch: Any, g: Params, reg: float, cg_steps: int
+) -> Params:
+    r"""$(I + H/\lambda)^{-1} g$ by ``cg_steps`` iterations of CG, $H$ the support Hessian at ``phi``."""
+    support_loss = lambda p: checked_loss(loss_fn, p, batch)  # noqa: E731
+    matvec = lambda v: tree_axpy(1.0 / reg, hvp(support_loss, phi, v), v)  # noqa: E731
+    return cg(matvec, g, steps=cg_steps)
+
+
+def implicit_value_and_grad(
+    outer_loss_fn: Callable[[Params], Tensor],
+    loss_fn: LossFn,
+    params: Params,
+    batch: Any,
+    optimizer: InnerOptimizer,
+    *,
+    reg: float,
+    steps: int,
+    cg_steps: int = 5,
+) -> tuple[Tensor, Params]:
+    r"""One task's iMAML outer loss and implicit meta-gradient, computed explicitly.
+
+    The same numbers as differentiating ``outer_loss_fn(adapt(loss_fn, params, batch,
+    implicit(optimizer, reg=reg, cg_steps=cg_steps), steps=steps))``, without a custom
+    ``torch.autograd.Function``: the proximal solution $\phi^\star$ is found without a graph,
+    then
+
+    $$\nabla_\theta\, \mathcal{L}_{\text{out}}(\phi^\star) =
+      \Big(I + \frac{1}{\lambda} \nabla^2 \hat{\mathcal{L}}(\phi^\star)\Big)^{-1}
+      \nabla_\phi \mathcal{L}_{\text{out}}(\phi^\star)$$
+
+    is solved by ``cg_steps`` iterations of CG (see [metaops.inner.implicit][] for the
+    derivation and for how large $\lambda$ must be). Because it is plain ``torch.func`` code,
+    it works under ``vmap`` and compiles with [metaops.compile_meta_step][] (torch.compile
+    silently drops a custom ``autograd.Function``'s backward under ``torch.func`` transforms,
+    so [metaops.inner.implicit][] itself always runs eagerly). Use it to average over tasks
+    with [metaops.map_tasks][], as in the example.
+
+    Args:
+        outer_loss_fn: The outer (e.g. query) loss as a function of the adapted parameters
+            only, ``phi -> scalar``; it may capture the query batch.
+        loss_fn: Inner (support) loss ``loss_fn(params, batch)``.
+        params: Meta-parameters $	heta$, the start and anchor of the inner problem.
+        batch: Support batch passed to ``loss_fn``.
+        optimizer: Inner optimizer that solves the proximal problem (e.g. ``sgd(0.1)``).
+        reg: Proximal regularisation $\lambda > 0$.
+        steps: Inner steps.
+        cg_steps: Conjugate-gradient iterations.
+
+    Returns:
+        ``(outer_loss, grads)``: the outer loss at $\phi^\star$ (detached) and its implicit
+        gradient with respect to ``params``.
+
+    Raises:
+        ValueError: For ``reg <= 0``, ``cg_steps < 1``, ``steps < 1`` or a non-scalar loss.
+        NonFiniteError: If the inner loss or its gradient turns NaN/inf (outside transforms).
+
+    Examples:
+        >>> from metaops import map_tasks
+        >>> from metaops.inner import sgd
+        >>> loss_fn = lambda p, b: 0.5 * 3.0 * ((p["w"] - b) ** 2).sum()   # H = 3 I
+        >>> def task(theta, support, query):
+        ...     outer = lambda phi: ((phi["w"] - query) ** 2).sum()
+        ...     return implicit_value_and_grad(outer, loss_fn, theta, support, sgd(0.1),
+        ...                                    reg=1.0, steps=100, cg_steps=3)
+        >>> theta = {"w": torch.zeros(1)}
+        >>> losses, grads = map_tasks(task, in_dims=(None, 0, 0))(
+        ...     theta, torch.ones(2, 1), torch.ones(2, 1))
+        >>> grads["w"].mean(0)            # (1 + 3)^-1 * 2 (phi* - 1), phi* = 3/4
+        tensor([-0.1250])
+    """
+    _check_implicit_args("implicit_value_and_grad", optimizer, reg, cg_steps)
+    check_params(params)
+    check_steps(steps)
+    check_finite = not under_transform()
+    anchor = {name: value.detach() for name, value in params.items()}
+    phi = _solve_proximal(loss_fn, anchor, batch, optimizer, float(reg), steps, check_finite=check_finite)
+
+    def outer(p: Params) -> Tensor:
+        return checked_loss(lambda q, _: outer_loss_fn(q), p, None)
+
+    g, value = torch.func.grad_and_value(outer)(phi)
+    return value.detach(), _inverse_hessian_product(loss_fn, phi, batch, g, float(reg), cg_steps)
+
+
 class _Spec(NamedTuple):
     loss_fn: Any
     optimizer: InnerOptimizer
@@ -150,13 +254,10 @@ class _ImplicitSolve(torch.autograd.Function):
     def forward(spec: _Spec, *inputs: Tensor):
         theta, batch = spec.split(inputs)
         anchor = {k: v.detach() for k, v in theta.items()}
-        prox = proximal_loss(spec.loss_fn, anchor, reg=spec.reg)
-        opt = spec.optimizer
-        phi, _ = unrolled_steps(
-            prox, anchor, batch, opt, opt.init(anchor), opt.hyperparams, spec.steps,
-            check_finite=spec.check_finite,
+        phi = _solve_proximal(
+            spec.loss_fn, anchor, batch, spec.optimizer, spec.reg, spec.steps, check_finite=spec.check_finite
         )
-        return tuple(phi[n].detach() for n in spec.names)
+        return tuple(phi[n] for n in spec.names)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -176,7 +277,5 @@ class _ImplicitSolve(torch.autograd.Function):
             name: (gi if gi is not None else torch.zeros_like(phi[name]))
             for name, gi in zip(spec.names, grad_outputs)
         }
-        support_loss = lambda p: checked_loss(spec.loss_fn, p, batch)  # noqa: E731
-        matvec = lambda v: tree_axpy(1.0 / spec.reg, hvp(support_loss, phi, v), v)  # noqa: E731
-        solution = cg(matvec, g, steps=spec.cg_steps)
+        solution = _inverse_hessian_product(spec.loss_fn, phi, batch, g, spec.reg, spec.cg_steps)
         return (None, *[solution[name] for name in spec.names], *([None] * (len(saved) - n)))
