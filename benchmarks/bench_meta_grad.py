@@ -8,7 +8,9 @@ Workloads (synthetic data, fixed seed, so every column sees the same numbers):
   (``--norm bn``, batch statistics) or none.
 
 A meta-iteration is the inner loop, the outer backward pass and an Adam step on the
-meta-parameters. Columns: metaops (strategies auto/vmap/chunked/loop, and compiled), a
+meta-parameters. Columns: metaops (strategies auto/vmap/chunked/loop; compiled: the whole
+vmapped step with ``compile_meta_step``, or one task's/chunk's meta-gradient with
+``compile_meta_value_and_grad``, where ``metaops-compiled`` is its ``"auto"``), a
 per-task autograd loop (how learn2learn and higher work), higher, torchopt's OOP MetaSGD,
 learn2learn (skipped when not importable) and a plain SGD step on the same data (the floor).
 
@@ -105,7 +107,12 @@ def make_step(impl: str, model, loss_fn, support, query, lr: float, steps: int, 
     params = dict(model.named_parameters())
 
     if impl.startswith("metaops"):
-        strategy = impl.split("-")[1] if impl.count("-") else "auto"
+        # metaops[-STRATEGY][-compiled]: "-vmap-compiled" compiles the whole meta-step
+        # (compile_meta_step); "-loop-/-chunked-compiled" and "metaops-compiled" (auto) compile
+        # one task's / one chunk's meta-gradient (compile_meta_value_and_grad).
+        compiled = impl.endswith("-compiled")
+        name = impl.removesuffix("-compiled")
+        strategy = name.split("-")[1] if "-" in name else "auto"
         kwargs = {"chunk_size": 8} if strategy == "chunked" else {}
 
         def task_loss(theta, s, q):
@@ -115,13 +122,18 @@ def make_step(impl: str, model, loss_fn, support, query, lr: float, steps: int, 
         def meta_step(theta, s, q):
             return mo.meta_value_and_grad(task_loss, theta, s, q, strategy=strategy, **kwargs)
 
-        fn = mo.compile_meta_step(meta_step) if impl.endswith("compiled") else meta_step
+        if not compiled:
+            fn = meta_step
+        elif strategy == "vmap":
+            fn = mo.compile_meta_step(meta_step)
+        else:
+            fn = mo.compile_meta_value_and_grad(task_loss, strategy=strategy, **kwargs)
 
         def meta_grad():
             _, grads = fn(params, support, query)
             mo.nn.set_grads(model, grads)
 
-        meta_grad.compiled_step = fn if impl.endswith("compiled") else None
+        meta_grad.compiled_step = fn if compiled else None
         return meta_grad
 
     if impl == "autograd-loop":
@@ -273,7 +285,7 @@ def _configs(suite: str):
 def drive(a) -> None:
     impls = list(IMPLS)
     if a.compile:
-        impls.insert(1, "metaops-vmap-compiled")
+        impls[1:1] = ["metaops-compiled", "metaops-vmap-compiled", "metaops-loop-compiled"]
     if a.impls:
         impls = a.impls.split(",")
     repeats = a.repeats or (30 if a.suite == "w1" else 5)

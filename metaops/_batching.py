@@ -171,22 +171,27 @@ def _check_scalar(loss: Any) -> Tensor:
     return loss
 
 
-def _functional_strategy(task_loss_fn, meta_params, task_args, n, strategy, chunk_size):
-    """Gradients with ``torch.func.grad``: works under transforms and ``torch.compile``."""
-    dims = (0,) * len(task_args)
+def unit_grad_fn(task_loss_fn: Callable[..., Tensor], strategy: str) -> Callable[..., tuple[PyTree, Tensor]]:
+    """``(meta, *unit) -> (grads, losses)`` for one unit of work: the whole batch or a chunk
+    (``"vmap"``/``"chunked"``, tasks stacked) or one task (``"loop"``); ``losses`` has one
+    entry per task and the gradient is of their sum (private; shared with the compiled form)."""
 
     def chunk_sum(meta, *chunk):
-        losses = torch.func.vmap(task_loss_fn, in_dims=(None, *dims))(meta, *chunk)
+        losses = torch.func.vmap(task_loss_fn, in_dims=(None,) + (0,) * len(chunk))(meta, *chunk)
         return losses.sum(), losses.detach()
 
     def one_sum(meta, *task):
         loss = _check_scalar(task_loss_fn(meta, *task))
         return loss, loss.detach().reshape(1)
 
+    return torch.func.grad(one_sum if strategy == "loop" else chunk_sum, has_aux=True)
+
+
+def accumulate_units(grad_fn, meta_params, task_args, n, strategy, chunk_size):
+    """Sums ``grad_fn``'s gradients over the units of ``strategy`` (private)."""
     if strategy == "vmap":
-        return torch.func.grad(chunk_sum, has_aux=True)(meta_params, *task_args)
+        return grad_fn(meta_params, *task_args)
     step = chunk_size if strategy == "chunked" else 1
-    grad_fn = torch.func.grad(chunk_sum if strategy == "chunked" else one_sum, has_aux=True)
     total, losses = None, []
     for start in range(0, n, step):
         index = slice(start, min(start + step, n)) if strategy == "chunked" else start
@@ -194,6 +199,12 @@ def _functional_strategy(task_loss_fn, meta_params, task_args, n, strategy, chun
         total = g if total is None else tree_add(total, g)
         losses.append(l)
     return total, torch.cat(losses)
+
+
+def _functional_strategy(task_loss_fn, meta_params, task_args, n, strategy, chunk_size):
+    """Gradients with ``torch.func.grad``: works under transforms and ``torch.compile``."""
+    grad_fn = unit_grad_fn(task_loss_fn, strategy)
+    return accumulate_units(grad_fn, meta_params, task_args, n, strategy, chunk_size)
 
 
 def _autograd_strategy(task_loss_fn, meta_params, task_args, n, strategy, chunk_size):

@@ -11,6 +11,9 @@ from contextvars import ContextVar
 from typing import Any
 
 import torch
+from torch import Tensor
+
+from metaops.tree import tree_flatten
 
 __all__ = ["compile_meta_step", "CompiledMetaStep"]
 
@@ -38,6 +41,44 @@ def _recording() -> Iterator[list[str]]:
         _EAGER_ONLY.reset(token)
 
 
+_VERIFY_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
+_VERIFY_RTOL_LOW_PRECISION = 3e-2
+
+
+def _mismatch(compiled: Any, eager: Any) -> str | None:
+    """Why two outputs of a meta-step differ beyond float reordering, or ``None`` if they agree.
+
+    Floating tensors must agree to a tolerance relative to each leaf's largest magnitude
+    (1e-6 in float64, 1e-3 in float32, 3e-2 below; NaN matches NaN); everything else exactly.
+    """
+    got, got_spec = tree_flatten(compiled)
+    want, want_spec = tree_flatten(eager)
+    if got_spec != want_spec:
+        return f"the outputs have different structures ({got_spec} vs {want_spec})"
+    for i, (a, b) in enumerate(zip(got, want)):
+        if not isinstance(b, torch.Tensor):
+            if a != b:
+                return f"output leaf {i} is {a!r} compiled but {b!r} eager"
+            continue
+        if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+            return f"output leaf {i} differs in type, shape or dtype"
+        if not b.is_floating_point():
+            if not torch.equal(a, b):
+                return f"output leaf {i} ({b.dtype}) differs"
+            continue
+        a, b = a.detach(), b.detach()
+        both_nan = torch.isnan(a) & torch.isnan(b)
+        diff = torch.where(both_nan, torch.zeros_like(a), (a - b).abs())
+        if bool(torch.isnan(diff).any()):
+            return f"output leaf {i} is NaN in one run only"
+        scale = b[torch.isfinite(b)].abs().max().item() if bool(torch.isfinite(b).any()) else 0.0
+        rtol = _VERIFY_RTOL.get(b.dtype, _VERIFY_RTOL_LOW_PRECISION)
+        worst = diff.max().item() if diff.numel() else 0.0
+        if worst > rtol * scale + torch.finfo(b.dtype).tiny:
+            return f"output leaf {i} differs by {worst:.3g} (largest eager magnitude {scale:.3g})"
+    return None
+
+
 def _first_line(error: BaseException) -> str:
     def line(e: BaseException) -> str:
         text = str(e).strip()
@@ -62,7 +103,13 @@ class CompiledMetaStep:
        fall back to the per-task loop. Those stay eager, with a ``RuntimeWarning``.
     2. The second call compiles (timed in ``compile_seconds``) and runs the compiled graph;
        ``DeprecationWarning``s raised inside torch while compiling are silenced, so that
-       running under ``-W error`` does not fail the compilation.
+       running under ``-W error`` does not fail the compilation. With ``verify=True`` (the
+       default) the same call also runs eagerly, from the same random-number state, and the
+       two results must agree to float tolerance (relative to each output's largest
+       magnitude: 1e-6 in float64, 1e-3 in float32); otherwise the step stays eager with a
+       ``RuntimeWarning`` and the eager result is returned. This catches wrong compiled
+       meta-gradients, e.g. from a user's own ``torch.autograd.Function`` under ``torch.func``
+       transforms, whose backward torch.compile (2.13) silently drops.
     3. Later calls with the same shapes reuse the graph without recompiling.
 
     If compiling fails at any call (no C compiler, an unsupported construct, a failing
@@ -70,6 +117,10 @@ class CompiledMetaStep:
     becomes ``False`` and every later call runs eagerly: training never crashes half-way
     because of the compiler. Errors that the eager function raises too (bad shapes, say)
     propagate unchanged.
+
+    ``fn`` must be pure (no in-place updates of its inputs, no optimizer steps): the
+    verifying call runs it twice. Steps that draw random numbers differ between eager and
+    inductor-compiled runs (inductor has its own generator); pass ``verify=False`` for them.
 
     Attributes:
         compiled: Whether calls (after the first) run the compiled function.
@@ -83,8 +134,9 @@ class CompiledMetaStep:
         (tensor([1.]), tensor([1.]), True)
     """
 
-    def __init__(self, fn: Callable[..., Any], **compile_kwargs: Any) -> None:
+    def __init__(self, fn: Callable[..., Any], *, verify: bool = True, **compile_kwargs: Any) -> None:
         self.fn = fn
+        self.verify = verify
         self.compile_kwargs = compile_kwargs
         self.compiled = True
         self.calls = 0
@@ -118,9 +170,11 @@ class CompiledMetaStep:
                 self._fall_back("; ".join(reasons))
             return out
         start = time.perf_counter()
+        compiling = self.compile_seconds is None
+        rng = _rng_state() if compiling and self.verify else None
         try:
-            if self.compile_seconds is None:  # compiling: torch's own deprecation warnings
-                with warnings.catch_warnings():  # must not fail it under `-W error`
+            if compiling:  # torch's own deprecation warnings must not fail it under `-W error`
+                with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)
                     out = self._compiled_fn(*args, **kwargs)
             else:
@@ -131,9 +185,32 @@ class CompiledMetaStep:
             out = self.fn(*args, **kwargs)
             self._fall_back(_first_line(error))
             return out
-        if self.compile_seconds is None:
+        if compiling:
             self.compile_seconds = time.perf_counter() - start
+            if rng is not None:
+                _set_rng_state(rng)
+                eager = self.fn(*args, **kwargs)
+                reason = _mismatch(out, eager)
+                if reason is not None:
+                    self._fall_back(
+                        f"the compiled result differs from the eager one: {reason}. Likely causes: a "
+                        "torch.autograd.Function under torch.func transforms (torch.compile drops its "
+                        "backward) or random numbers in the step (then pass verify=False)"
+                    )
+                    return eager
         return out
+
+
+def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    return torch.random.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
+    cpu, cuda = state
+    torch.random.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def compile_meta_step(
@@ -143,6 +220,7 @@ def compile_meta_step(
     mode: str | None = None,
     dynamic: bool | None = False,
     backend: str | Callable[..., Any] = "inductor",
+    verify: bool = True,
 ) -> CompiledMetaStep:
     r"""Compiles a whole meta-step (e.g. ``meta_value_and_grad`` of a vmapped inner loop).
 
@@ -153,10 +231,15 @@ def compile_meta_step(
     to a minute), later calls with the same shapes reuse the graph without recompiling.
 
     Compiles: second-order, first-order and Meta-SGD inner loops, with
-    ``strategy="vmap"`` or ``"chunked"`` (``"auto"`` means ``"vmap"`` while compiling).
-    Stays eager, with a ``RuntimeWarning`` on the first call: [metaops.inner.checkpointed][]
-    and [metaops.inner.implicit][] inner loops, and batch norm in a second-order loop under
-    ``strategy="auto"``. Any compiler failure also falls back to eager with a warning.
+    ``strategy="vmap"`` or ``"chunked"`` (``"auto"`` means ``"vmap"`` while compiling), and
+    iMAML written with [metaops.inner.implicit_value_and_grad][]. Stays eager, with a
+    ``RuntimeWarning`` on the first call: [metaops.inner.checkpointed][] and
+    [metaops.inner.implicit][] inner loops (their ``torch.autograd.Function``'s backward
+    would be dropped by torch.compile under ``torch.func`` transforms), and batch norm in a
+    second-order loop under ``strategy="auto"``. Any compiler failure, or a compiled result
+    that disagrees with the eager one (``verify``), also falls back to eager with a warning.
+    For conv nets on CPU, where the per-task loop is fastest, compile one task's meta-gradient
+    instead: [metaops.compile_meta_value_and_grad][].
 
     On a busy CPU (more runnable threads than cores), OpenMP threads that spin at barriers
     can make each call 10-100x slower, eager or compiled; set ``OMP_WAIT_POLICY=PASSIVE`` or
@@ -169,6 +252,8 @@ def compile_meta_step(
         dynamic: Passed to ``torch.compile``; ``False`` keeps shape-specialised graphs.
         backend: ``torch.compile`` backend (``"aot_eager"`` traces without generating code,
             which is handy for debugging).
+        verify: Run the compiling call eagerly too and fall back to eager (with a warning)
+            if the results disagree; see [metaops.CompiledMetaStep][]. ``fn`` must be pure.
 
     Returns:
         A [metaops.CompiledMetaStep][], called like ``fn``.
@@ -178,4 +263,4 @@ def compile_meta_step(
         >>> step(torch.ones(3)), step(torch.ones(3))
         (tensor(3.), tensor(3.))
     """
-    return CompiledMetaStep(fn, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)
+    return CompiledMetaStep(fn, verify=verify, fullgraph=fullgraph, mode=mode, dynamic=dynamic, backend=backend)

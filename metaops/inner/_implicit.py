@@ -69,6 +69,10 @@ def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> Inn
     iteration, or compare with the dense solve on a small model), or increase it until the
     meta-gradient stops changing.
 
+    This mode is a ``torch.autograd.Function``: it runs eagerly inside
+    [metaops.compile_meta_step][] (torch.compile would drop its backward). To compile iMAML,
+    compute the same meta-gradient with [metaops.inner.implicit_value_and_grad][].
+
     Args:
         optimizer: Inner optimizer used to solve the proximal problem.
         reg: Proximal regularisation $\lambda > 0$; see above for how large it must be.
