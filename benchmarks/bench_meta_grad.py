@@ -23,7 +23,9 @@ Usage:
 Each configuration runs in its own process (``--one``); the driver compares every column's
 meta-gradient with the per-task autograd loop's (max |difference| / max |reference|) and
 prints a markdown table: median ms per meta-iteration over ``--repeats`` runs, and peak extra
-resident memory (VmHWM during the timed runs minus VmRSS before the first call, in MB).
+resident memory (VmHWM during the timed runs minus VmRSS before the first call, in MB; with
+``--device cuda``, peak GPU memory allocated during the timed runs above what was allocated
+before them).
 """
 
 from __future__ import annotations
@@ -226,17 +228,23 @@ def _plain_loss(out, y):
 # ----------------------------------------------------------------------------- one process
 def run_one(a) -> dict:
     torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
     model, loss_fn, support, query, lr = make_workload(a.workload, a.norm)
+    model.to(device)
+    support, query = (tuple(x.to(device) for x in batch) for batch in (support, query))
     adam = torch.optim.Adam(model.parameters(), lr=1e-3)
     meta_grad = make_step(a.impl, model, loss_fn, support, query, lr, a.steps, a.order == "second")
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rss0 = _status_kb("VmRSS")
 
     # Meta-gradient at the initial parameters (for the agreement check), then warm-up.
     compile_s = None
     start = time.perf_counter()
     meta_grad()
+    sync()
     first_s = time.perf_counter() - start
-    reference = {k: p.grad.detach().clone() for k, p in model.named_parameters()}
+    reference = {k: p.grad.detach().cpu().clone() for k, p in model.named_parameters()}
     compiled = getattr(meta_grad, "compiled_step", None)
     for _ in range(a.warmup):
         model.zero_grad(set_to_none=True)
@@ -246,14 +254,21 @@ def run_one(a) -> dict:
     adam.step()
 
     _reset_peak()
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
     times = []
     for _ in range(a.repeats):
         start = time.perf_counter()
         adam.zero_grad(set_to_none=True)
         meta_grad()
         adam.step()
+        sync()
         times.append(time.perf_counter() - start)
     peak_mb = (_status_kb("VmHWM") - rss0) / 1024
+    if cuda:  # GPU memory: peak allocated during the timed runs above what was allocated before
+        peak_mb = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     result = {
         "impl": a.impl,
         "median_ms": 1e3 * statistics.median(times),
@@ -262,6 +277,7 @@ def run_one(a) -> dict:
         "first_call_s": first_s,
         "compile_s": compile_s,
         "compiled": None if compiled is None else compiled.compiled,
+        "fallback_reason": None if compiled is None else compiled.fallback_reason,
     }
     if a.grads_out:
         torch.save(reference, a.grads_out)
@@ -290,7 +306,7 @@ def drive(a) -> None:
         impls = a.impls.split(",")
     repeats = a.repeats or (30 if a.suite == "w1" else 5)
     load = os.getloadavg()
-    print(f"Run: {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, threads {a.threads}, "
+    print(f"Run: {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, device {a.device}, threads {a.threads}, "
           f"load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at start, {repeats} repeats", flush=True)
     for config in _configs(a.suite):
         print(f"\n## {config}", flush=True)
@@ -302,7 +318,7 @@ def drive(a) -> None:
             for impl in order:
                 out = Path(tmp) / f"{impl}.pt"
                 cmd = [sys.executable, __file__, "--one", "--impl", impl, "--repeats", str(repeats),
-                       "--threads", str(a.threads), "--grads-out", str(out)]
+                       "--threads", str(a.threads), "--device", a.device, "--grads-out", str(out)]
                 cmd += [f"--{k}={v}" for k, v in config.items()]
                 try:
                     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
@@ -327,7 +343,8 @@ def drive(a) -> None:
                     scale = max(v.abs().max().item() for v in ref.values())
                     diff = f"{max((grads[impl][k] - ref[k]).abs().max().item() for k in ref) / scale:.1e}"
                 if r["compile_s"] is not None:
-                    note = f"compile {r['compile_s']:.1f} s" + ("" if r["compiled"] else " (fell back to eager)")
+                    note = f"compile {r['compile_s']:.1f} s" + (
+                        "" if r["compiled"] else f" (fell back to eager: {(r.get('fallback_reason') or '?')[:150]})")
                 speed = f"{base / r['median_ms']:.2f}x" if base else ""
                 print(f"| {impl} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | {r['peak_extra_mb']:.0f} | "
                       f"{speed} | {diff} | {note} |", flush=True)
@@ -349,6 +366,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=0)
     p.add_argument("--warmup", type=int, default=-1, help="default: 3 on W1, 1 on W2")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="e.g. cuda: time with synchronisation, GPU peak memory")
     p.add_argument("--timeout", type=float, default=900, help="seconds per process")
     p.add_argument("--grads-out", default="")
     a = p.parse_args()

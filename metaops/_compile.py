@@ -41,41 +41,55 @@ def _recording() -> Iterator[list[str]]:
         _EAGER_ONLY.reset(token)
 
 
-_VERIFY_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
-_VERIFY_RTOL_LOW_PRECISION = 3e-2
+# Reordered float32 sums differ by more than one would guess: on an Omniglot-shaped conv net
+# (W2) compiled and eager per-task meta-gradients differ by up to 5e-3 of a leaf's largest
+# entry (bias gradients, sums with cancellation), and a conv bias followed by batch norm has a
+# gradient that is zero up to rounding (1e-7 in float32, all noise). The check is for gross
+# errors (a dropped backward, a wrong kernel), so it leaves a margin above both.
+_VERIFY_RTOL = {torch.float64: 1e-6, torch.float32: 2e-2}
+_VERIFY_RTOL_LOW_PRECISION = 1e-1
+_VERIFY_FLOOR = 1e-3  # of the largest magnitude in the whole output
 
 
 def _mismatch(compiled: Any, eager: Any) -> str | None:
     """Why two outputs of a meta-step differ beyond float reordering, or ``None`` if they agree.
 
-    Floating tensors must agree to a tolerance relative to each leaf's largest magnitude
-    (1e-6 in float64, 1e-3 in float32, 3e-2 below; NaN matches NaN); everything else exactly.
+    A floating leaf must agree to ``rtol`` (1e-6 in float64, 2e-2 in float32, 1e-1 below)
+    times the larger of its own largest finite magnitude and 1e-3 of the largest in the whole
+    output; NaN matches NaN and equal infinities match. Everything else must be equal.
     """
     got, got_spec = tree_flatten(compiled)
     want, want_spec = tree_flatten(eager)
     if got_spec != want_spec:
         return f"the outputs have different structures ({got_spec} vs {want_spec})"
+
+    def finite_max(x: Tensor) -> float:
+        finite = x[torch.isfinite(x)]
+        return finite.abs().max().item() if finite.numel() else 0.0
+
+    floating = [b.detach() for b in want if isinstance(b, Tensor) and b.is_floating_point()]
+    overall = max((finite_max(b) for b in floating), default=0.0)
     for i, (a, b) in enumerate(zip(got, want)):
-        if not isinstance(b, torch.Tensor):
+        if not isinstance(b, Tensor):
             if a != b:
                 return f"output leaf {i} is {a!r} compiled but {b!r} eager"
             continue
-        if not isinstance(a, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+        if not isinstance(a, Tensor) or a.shape != b.shape or a.dtype != b.dtype:
             return f"output leaf {i} differs in type, shape or dtype"
         if not b.is_floating_point():
             if not torch.equal(a, b):
                 return f"output leaf {i} ({b.dtype}) differs"
             continue
         a, b = a.detach(), b.detach()
-        both_nan = torch.isnan(a) & torch.isnan(b)
-        diff = torch.where(both_nan, torch.zeros_like(a), (a - b).abs())
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        diff = torch.where(same, torch.zeros_like(a), (a - b).abs())
         if bool(torch.isnan(diff).any()):
             return f"output leaf {i} is NaN in one run only"
-        scale = b[torch.isfinite(b)].abs().max().item() if bool(torch.isfinite(b).any()) else 0.0
+        scale = max(finite_max(b), _VERIFY_FLOOR * overall)
         rtol = _VERIFY_RTOL.get(b.dtype, _VERIFY_RTOL_LOW_PRECISION)
         worst = diff.max().item() if diff.numel() else 0.0
         if worst > rtol * scale + torch.finfo(b.dtype).tiny:
-            return f"output leaf {i} differs by {worst:.3g} (largest eager magnitude {scale:.3g})"
+            return f"output leaf {i} differs by {worst:.3g} (largest eager magnitude {finite_max(b):.3g})"
     return None
 
 
@@ -105,8 +119,10 @@ class CompiledMetaStep:
        ``DeprecationWarning``s raised inside torch while compiling are silenced, so that
        running under ``-W error`` does not fail the compilation. With ``verify=True`` (the
        default) the same call also runs eagerly, from the same random-number state, and the
-       two results must agree to float tolerance (relative to each output's largest
-       magnitude: 1e-6 in float64, 1e-3 in float32); otherwise the step stays eager with a
+       two results must agree to float tolerance (1e-6 in float64, 2e-2 in float32, where
+       reordered sums with cancellation differ by up to 5e-3 on a conv net; relative to each
+       output's largest magnitude, or to 1e-3 of the largest in the whole output for outputs
+       that are zero up to rounding); otherwise the step stays eager with a
        ``RuntimeWarning`` and the eager result is returned. This catches wrong compiled
        meta-gradients, e.g. from a user's own ``torch.autograd.Function`` under ``torch.func``
        transforms, whose backward torch.compile (2.13) silently drops.

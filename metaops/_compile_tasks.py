@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from metaops._batching import (
     _check_strategy,
     _num_tasks,
     accumulate_units,
+    meta_value_and_grad,
     unit_grad_fn,
 )
 from metaops._compile import CompiledMetaStep
@@ -80,36 +82,48 @@ class CompiledMetaValueAndGrad:
 
     def _unit(self, strategy: str) -> CompiledMetaStep:
         if strategy not in self.units:
-            self.units[strategy] = CompiledMetaStep(
-                unit_grad_fn(self.task_loss_fn, strategy), verify=self.verify, **self.compile_kwargs
-            )
+            if strategy == "vmap":  # one graph for the whole step, mean and division included
+                fn = functools.partial(_vmapped_meta_value_and_grad, self.task_loss_fn)
+            else:
+                fn = unit_grad_fn(self.task_loss_fn, strategy)
+            self.units[strategy] = CompiledMetaStep(fn, verify=self.verify, **self.compile_kwargs)
         return self.units[strategy]
 
-    def _run(self, strategy: str, meta_params: PyTree, task_args: tuple, n: int):
-        return accumulate_units(self._unit(strategy), meta_params, task_args, n, strategy, self.chunk_size)
-
-    def __call__(self, meta_params: PyTree, *task_args: Any) -> tuple[Tensor, PyTree]:
-        if not task_args:
-            raise ValueError("the compiled meta-gradient needs task arguments with a leading task dimension")
+    def _run(self, strategy: str, meta_params: PyTree, task_args: tuple) -> tuple[Tensor, PyTree]:
+        if strategy == "vmap":
+            loss, grads = self._unit("vmap")(meta_params, *task_args)
+            if not bool(torch.isfinite(loss)):  # name the tasks: the eager step raises the error
+                return meta_value_and_grad(self.task_loss_fn, meta_params, *task_args, strategy="vmap")
+            return loss, grads
         dims = (0,) * len(task_args)
         n = _num_tasks(task_args, dims)
-        meta_params = stop_gradient(meta_params)
-        with torch.no_grad():  # graphs are built by torch.func.grad inside, never by autograd
-            if self.strategy != "auto":
-                grads, losses = self._run(self.strategy, meta_params, task_args, n)
-            else:
-                if self._auto_choice is None:
-                    self._auto_choice = _auto_strategy(task_args, dims)
-                try:
-                    grads, losses = self._run(self._auto_choice, meta_params, task_args, n)
-                except BatchNormUnderVmapError:  # raised on the eager first call of the vmap unit
-                    self._auto_choice = "loop"  # exact, and it compiles: no vmap inside
-                    grads, losses = self._run("loop", meta_params, task_args, n)
+        unit = self._unit(strategy)
+        grads, losses = accumulate_units(unit, stop_gradient(meta_params), task_args, n, strategy, self.chunk_size)
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()
             raise NonFiniteError(f"meta-loss is NaN/inf for tasks {bad} of {n}")
         return losses.mean(), tree_map(lambda g: g / n, grads)
+
+    def __call__(self, meta_params: PyTree, *task_args: Any) -> tuple[Tensor, PyTree]:
+        if not task_args:
+            raise ValueError("the compiled meta-gradient needs task arguments with a leading task dimension")
+        with torch.no_grad():  # graphs are built by torch.func.grad inside, never by autograd
+            if self.strategy != "auto":
+                return self._run(self.strategy, meta_params, task_args)
+            if self._auto_choice is None:
+                dims = (0,) * len(task_args)
+                _num_tasks(task_args, dims)
+                self._auto_choice = _auto_strategy(task_args, dims)
+            try:
+                return self._run(self._auto_choice, meta_params, task_args)
+            except BatchNormUnderVmapError:  # raised on the eager first call of the vmap unit
+                self._auto_choice = "loop"  # exact, and it compiles: no vmap inside
+                return self._run("loop", meta_params, task_args)
+
+
+def _vmapped_meta_value_and_grad(task_loss_fn, meta_params, *task_args):
+    return meta_value_and_grad(task_loss_fn, meta_params, *task_args, strategy="vmap")
 
 
 def compile_meta_value_and_grad(
