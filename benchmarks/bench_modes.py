@@ -12,8 +12,12 @@ during the timed runs minus VmRSS before the first call (MB). The gradient error
 max |g - g_unroll| / max |g_unroll| at the same step count (implicit and first-order
 gradients are different estimators, so their error is expected).
 
+``implicit_value_and_grad`` is the same iMAML meta-gradient as ``implicit`` without a custom
+``autograd.Function``; ``--compile`` times every mode compiled (the Function-based
+``checkpointed`` and ``implicit`` fall back to eager, marked in the table).
+
 Usage:
-    python benchmarks/bench_modes.py --workload w1 --steps 1,5,20
+    python benchmarks/bench_modes.py --workload w1 --steps 1,5,20 --compile
     python benchmarks/bench_modes.py --workload conv --steps 1,5,20
 """
 
@@ -43,6 +47,8 @@ MODES = {
     "checkpointed": lambda lr: mo.inner.checkpointed(mo.inner.sgd(lr)),
     "first_order": lambda lr: mo.inner.first_order(mo.inner.sgd(lr)),
     "implicit": lambda lr: mo.inner.implicit(mo.inner.sgd(lr), reg=1.0, cg_steps=5),
+    # the same iMAML meta-gradient, written without a custom autograd.Function (compiles)
+    "implicit_value_and_grad": None,
 }
 
 
@@ -76,24 +82,48 @@ def run_one(a) -> dict:
     def task_loss(theta, s, q):
         return loss_fn(mo.inner.adapt(loss_fn, theta, s, MODES[a.mode](lr), steps=a.steps), q)
 
+    def explicit_task(theta, s, q):
+        return mo.inner.implicit_value_and_grad(lambda phi: loss_fn(phi, q), loss_fn, theta, s, mo.inner.sgd(lr),
+                                                reg=1.0, steps=a.steps, cg_steps=5)
+
+    def explicit_step(theta, s, q):
+        losses, grads = mo.map_tasks(explicit_task, in_dims=(None, 0, 0), strategy=strategy)(theta, s, q)
+        return losses.mean(), mo.tree.tree_map(lambda g: g.mean(0), grads)
+
+    if a.mode == "implicit_value_and_grad":
+        step = mo.compile_meta_step(explicit_step) if a.compile else explicit_step
+    elif a.compile:
+        step = mo.compile_meta_value_and_grad(task_loss, strategy=strategy)
+    else:
+        step = lambda theta, s, q: mo.meta_value_and_grad(task_loss, theta, s, q, strategy=strategy)  # noqa: E731
+
     rss0 = _status_kb("VmRSS")
-    _, grads = mo.meta_value_and_grad(task_loss, params, support, query, strategy=strategy)
+    _, grads = step(params, support, query)
+    if a.compile:
+        step(params, support, query)  # the compiling call
     _reset_peak()
     times = []
     for _ in range(a.repeats):
         start = time.perf_counter()
-        mo.meta_value_and_grad(task_loss, params, support, query, strategy=strategy)
+        step(params, support, query)
         times.append(time.perf_counter() - start)
     torch.save(grads, a.grads_out)
-    return {"median_ms": 1e3 * statistics.median(times), "peak_extra_mb": (_status_kb("VmHWM") - rss0) / 1024}
+    result = {"median_ms": 1e3 * statistics.median(times), "peak_extra_mb": (_status_kb("VmHWM") - rss0) / 1024}
+    if a.compile:
+        result |= {"compile_s": step.compile_seconds, "compiled": step.compiled}
+    return result
 
 
 def drive(a) -> None:
     load = os.getloadavg()
     print(f"Run: {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__}, workload {a.workload}, threads "
           f"{a.threads}, load {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} at start, {a.repeats} repeats\n")
-    print("| mode | inner steps | median ms | peak extra MB | grad rel. diff vs unroll |")
-    print("|---|---|---|---|---|", flush=True)
+    if a.compile:
+        print("| mode | inner steps | median ms | peak extra MB | grad rel. diff vs unroll | compile |")
+        print("|---|---|---|---|---|---|", flush=True)
+    else:
+        print("| mode | inner steps | median ms | peak extra MB | grad rel. diff vs unroll |")
+        print("|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for steps in [int(s) for s in a.steps.split(",")]:
             ref = None
@@ -101,7 +131,7 @@ def drive(a) -> None:
                 out = Path(tmp) / f"{mode}-{steps}.pt"
                 cmd = [sys.executable, __file__, "--one", "--workload", a.workload, "--mode", mode,
                        "--steps", str(steps), "--repeats", str(a.repeats), "--threads", str(a.threads),
-                       "--grads-out", str(out)]
+                       "--grads-out", str(out)] + (["--compile"] if a.compile else [])
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
                 if proc.returncode != 0:
                     print(f"| {mode} | {steps} | failed: {proc.stderr.strip().splitlines()[-1][:80]} | | |")
@@ -111,7 +141,11 @@ def drive(a) -> None:
                 ref = grads if mode == "unroll" else ref
                 scale = max(v.abs().max().item() for v in ref.values())
                 diff = max((grads[k] - ref[k]).abs().max().item() for k in ref) / scale
-                print(f"| {mode} | {steps} | {r['median_ms']:.1f} | {r['peak_extra_mb']:.0f} | {diff:.1e} |",
+                note = ""
+                if a.compile:
+                    compile_s = r["compile_s"] if r["compile_s"] is not None else float("nan")
+                    note = f" | {compile_s:.1f} s" + ("" if r["compiled"] else " (eager fallback)")
+                print(f"| {mode} | {steps} | {r['median_ms']:.1f} | {r['peak_extra_mb']:.0f} | {diff:.1e}{note} |",
                       flush=True)
     load = os.getloadavg()
     print(f"\nRun load at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}")
@@ -124,6 +158,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--compile", action="store_true", help="compiled meta-gradients (compile_meta_value_and_grad; "
+                   "implicit_value_and_grad with compile_meta_step)")
     p.add_argument("--one", action="store_true")
     p.add_argument("--mode", choices=list(MODES), default="unroll")
     p.add_argument("--grads-out", default="")
