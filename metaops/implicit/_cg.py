@@ -32,6 +32,11 @@ def cg(
 
     In exact arithmetic CG solves an $n$-dimensional system in $n$ iterations.
 
+    If $A$ is not positive definite, CG can meet a direction with $p_k^\top A p_k \le 0$,
+    where the plain iteration returns meaningless (often huge) vectors. This one stops there
+    and returns the current $x$, as Steihaug's truncated CG does (the test is a mask, not a
+    branch, so it is vmap-safe). For symmetric positive-definite $A$ it never triggers.
+
     Args:
         matvec: The linear map $v \mapsto A v$ on pytrees shaped like ``b``.
         b: Right-hand side.
@@ -57,9 +62,12 @@ def cg(
     r = b if x0 is None else tree_map(torch.sub, b, matvec(x0))
     p = r
     rs = tree_vdot(r, r)
+    active = torch.ones_like(rs)  # 0 from the first direction of non-positive curvature on
     for _ in range(steps):
         ap = matvec(p)
-        alpha = rs / (tree_vdot(p, ap) + eps)
+        curvature = tree_vdot(p, ap)
+        active = active * (curvature > 0).to(rs.dtype)
+        alpha = active * rs / (torch.where(active > 0, curvature, torch.ones_like(curvature)) + eps)
         x = tree_axpy(alpha, p, x)
         r = tree_axpy(-alpha, ap, r)
         rs_new = tree_vdot(r, r)

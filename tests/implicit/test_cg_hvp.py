@@ -51,3 +51,25 @@ def test_hvp_matches_exact_hessian():
     out = hvp(f, params, v)
     for k in params:
         torch.testing.assert_close(out[k], expected[k])
+
+
+def test_cg_stops_at_negative_curvature_and_stays_bounded():
+    # A = diag(2, -1): from b = (1, 1) the first direction p = b has p^T A p = 1 > 0, the second
+    # step's direction has negative curvature. Truncated CG keeps the first step's x.
+    A = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    x = cg(lambda v: A @ v, b, steps=5)
+    torch.testing.assert_close(x, b * (b @ b) / (b @ A @ b))  # the first CG step: x = alpha b, alpha = 2
+    # the plain iteration (no truncation) would divide by the negative curvature and leave
+    # the Krylov space's well-posed part; here every direction after the first is ignored
+    assert torch.isfinite(x).all()
+    # per-task: one SPD system solved exactly, one indefinite system truncated, under vmap
+    As = torch.stack([_spd(2, 0), A])
+    xs = vmap(lambda a, bb: cg(lambda v: a @ v, bb, steps=5))(As, torch.stack([b, b]))
+    torch.testing.assert_close(xs[0], torch.linalg.solve(As[0], b))
+    torch.testing.assert_close(xs[1], x)
+
+
+def test_cg_of_a_zero_right_hand_side_is_zero():
+    x = cg(lambda v: _spd(3, 1) @ v, torch.zeros(3, dtype=torch.float64), steps=3)
+    assert torch.equal(x, torch.zeros(3, dtype=torch.float64))
