@@ -37,7 +37,7 @@ class Args:
     seed: int = 0
     """seed of the meta-training task stream and the model initialisation"""
     iterations: int = 5_000
-    """meta-iterations; longer runs diverge (the support Hessians sharpen past what 20 SGD steps tolerate, see the docs)"""
+    """meta-iterations; longer runs diverge (the support Hessians sharpen past what 20 SGD steps tolerate)"""
     meta_batch: int = 25
     """tasks per meta-update"""
     shots: int = 10
