@@ -311,7 +311,12 @@ def meta_value_and_grad(
     else:
         grads, losses = run(task_loss_fn, meta_params, task_args, n, chosen, chunk_size)
 
-    if not torch.compiler.is_compiling():
+    return mean_over_tasks(losses, grads, n, check_finite=not torch.compiler.is_compiling())
+
+
+def mean_over_tasks(losses: Tensor, grads: PyTree, n: int, *, check_finite: bool) -> tuple[Tensor, PyTree]:
+    """``(mean loss, summed grads / n)``, raising ``NonFiniteError`` naming NaN/inf tasks (private)."""
+    if check_finite:
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()

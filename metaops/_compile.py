@@ -6,7 +6,7 @@ import functools
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import Any
 
@@ -187,10 +187,11 @@ class CompiledMetaStep:
             return out
         start = time.perf_counter()
         compiling = self.compile_seconds is None
-        rng = _rng_state() if compiling and self.verify else None
+        verifying = compiling and self.verify
         try:
             if compiling:  # torch's own deprecation warnings must not fail it under `-W error`
-                with warnings.catch_warnings():
+                # when verifying, the random-number state is restored for the eager run below
+                with warnings.catch_warnings(), _same_rng_afterwards(verifying):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     out = self._compiled_fn(*args, **kwargs)
             else:
@@ -203,8 +204,7 @@ class CompiledMetaStep:
             return out
         if compiling:
             self.compile_seconds = time.perf_counter() - start
-            if rng is not None:
-                _set_rng_state(rng)
+            if verifying:
                 eager = self.fn(*args, **kwargs)
                 reason = _mismatch(out, eager)
                 if reason is not None:
@@ -217,16 +217,12 @@ class CompiledMetaStep:
         return out
 
 
-def _rng_state() -> tuple[Tensor, list[Tensor] | None]:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    return torch.random.get_rng_state(), cuda
-
-
-def _set_rng_state(state: tuple[Tensor, list[Tensor] | None]) -> None:
-    cpu, cuda = state
-    torch.random.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
+def _same_rng_afterwards(enabled: bool) -> AbstractContextManager:
+    """``torch.random.fork_rng`` over the CPU and every initialised CUDA device, if ``enabled``."""
+    if not enabled:
+        return nullcontext()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def compile_meta_step(

@@ -15,12 +15,13 @@ from metaops._batching import (
     _check_strategy,
     _num_tasks,
     accumulate_units,
+    mean_over_tasks,
     meta_value_and_grad,
     unit_grad_fn,
 )
 from metaops._compile import CompiledMetaStep
-from metaops.inner._adapt import BatchNormUnderVmapError, NonFiniteError
-from metaops.tree import stop_gradient, tree_map
+from metaops.inner._adapt import BatchNormUnderVmapError
+from metaops.tree import stop_gradient
 from metaops.typing import PyTree
 
 __all__ = ["compile_meta_value_and_grad", "CompiledMetaValueAndGrad"]
@@ -99,11 +100,7 @@ class CompiledMetaValueAndGrad:
         n = _num_tasks(task_args, dims)
         unit = self._unit(strategy)
         grads, losses = accumulate_units(unit, stop_gradient(meta_params), task_args, n, strategy, self.chunk_size)
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = torch.nonzero(~finite).flatten().tolist()
-            raise NonFiniteError(f"meta-loss is NaN/inf for tasks {bad} of {n}")
-        return losses.mean(), tree_map(lambda g: g / n, grads)
+        return mean_over_tasks(losses, grads, n, check_finite=True)
 
     def __call__(self, meta_params: PyTree, *task_args: Any) -> tuple[Tensor, PyTree]:
         if not task_args:

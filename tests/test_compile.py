@@ -308,3 +308,18 @@ def test_compile_meta_value_and_grad_reports_nan_tasks_and_bad_input():
         meta_grad(theta, support, tuple(x[:2] for x in query))
     with pytest.raises(ValueError, match="unknown strategy"):
         mo.compile_meta_value_and_grad(_task_loss(loss_fn, "second_order"), strategy="fast")
+
+
+def test_verification_replays_the_same_random_numbers():
+    # the eager check runs from the random state the compiled call started from, so a step
+    # that draws random numbers agrees with itself under a backend with torch's own generator
+    step = mo.compile_meta_step(lambda x: x + torch.randn(3, dtype=x.dtype), backend="aot_eager")
+    x = torch.zeros(3, dtype=torch.float64)
+    step(x)
+    torch.manual_seed(0)
+    out = step(x)  # compiled and verified
+    assert step.compiled, step.fallback_reason
+    after_step = torch.randn(1, dtype=torch.float64)
+    torch.manual_seed(0)
+    torch.testing.assert_close(out, torch.randn(3, dtype=torch.float64))
+    torch.testing.assert_close(after_step, torch.randn(1, dtype=torch.float64))  # advanced once, not twice

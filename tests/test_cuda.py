@@ -5,7 +5,7 @@ import torch
 
 import metaops as mo
 from metaops.inner import adapt, implicit_value_and_grad, sgd
-from tests._helpers import assert_trees_close, toy_regression
+from tests._helpers import assert_trees_close, index_task, toy_regression
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -37,8 +37,7 @@ def test_meta_value_and_grad_on_cuda_equals_cpu(strategy):
 
 def test_implicit_value_and_grad_on_cuda_equals_cpu():
     model, loss_fn, _, theta, support, query = _problem()
-    s, q = (x[0] for x in support), (x[0] for x in query)
-    s, q = tuple(s), tuple(q)
+    s, q = index_task(support, 0), index_task(query, 0)
 
     def run(th, s, q):
         return implicit_value_and_grad(lambda phi: loss_fn(phi, q), loss_fn, th, s, sgd(0.1), reg=2.0, steps=5)
