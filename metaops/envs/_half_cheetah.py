@@ -16,7 +16,26 @@ __all__ = ["HalfCheetahDirEnv", "HalfCheetahVelEnv"]
 _CTRL_COST_WEIGHT = 0.05  # MAML / ProMP: 0.5 * 1e-1 * ||a||^2
 
 
-class HalfCheetahVelEnv(TaskEnvMixin, HalfCheetahEnv):
+class _HalfCheetahTaskEnv(TaskEnvMixin, HalfCheetahEnv):
+    """gymnasium's HalfCheetah with its forward reward replaced by the task's (private base)."""
+
+    def __init__(self, task: Any = None, *, ctrl_cost_weight: float = _CTRL_COST_WEIGHT, **kwargs: Any) -> None:
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self._init_task(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+
+    def _forward_reward(self, task: Any, x_velocity: float) -> float:
+        raise NotImplementedError
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Steps gymnasium's HalfCheetah and replaces its reward by the task reward."""
+        task = self.get_task()
+        obs, _, terminated, truncated, info = super().step(action)
+        forward = self._forward_reward(task, float(info["x_velocity"]))
+        info["reward_forward"] = forward
+        return obs, forward + float(info["reward_ctrl"]), terminated, truncated, info
+
+
+class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
     r"""HalfCheetah running at a target velocity (gymnasium HalfCheetah-v5 physics).
 
     $$r_t = -\lvert v_x - v_\text{goal} \rvert - 0.05\,\lVert a_t \rVert_2^2,$$
@@ -43,25 +62,15 @@ class HalfCheetahVelEnv(TaskEnvMixin, HalfCheetahEnv):
     task_type = VelocityTask
 
     def __init__(
-        self,
-        task: VelocityTask | None = None,
-        *,
-        ctrl_cost_weight: float = _CTRL_COST_WEIGHT,
-        **kwargs: Any,
+        self, task: VelocityTask | None = None, *, ctrl_cost_weight: float = _CTRL_COST_WEIGHT, **kwargs: Any
     ) -> None:
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
-        self._init_task(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        super().__init__(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Steps gymnasium's HalfCheetah and replaces its reward by the task reward."""
-        task = self.get_task()
-        obs, _, terminated, truncated, info = super().step(action)
-        forward = -abs(float(info["x_velocity"]) - task.velocity)
-        info["reward_forward"] = forward
-        return obs, forward + float(info["reward_ctrl"]), terminated, truncated, info
+    def _forward_reward(self, task: VelocityTask, x_velocity: float) -> float:
+        return -abs(x_velocity - task.velocity)
 
 
-class HalfCheetahDirEnv(TaskEnvMixin, HalfCheetahEnv):
+class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
     r"""HalfCheetah running forward or backward (gymnasium HalfCheetah-v5 physics).
 
     $$r_t = d\, v_x - 0.05\,\lVert a_t \rVert_2^2, \qquad d \in \{-1, +1\}.$$
@@ -84,22 +93,12 @@ class HalfCheetahDirEnv(TaskEnvMixin, HalfCheetahEnv):
     task_type = DirectionTask
 
     def __init__(
-        self,
-        task: DirectionTask | None = None,
-        *,
-        ctrl_cost_weight: float = _CTRL_COST_WEIGHT,
-        **kwargs: Any,
+        self, task: DirectionTask | None = None, *, ctrl_cost_weight: float = _CTRL_COST_WEIGHT, **kwargs: Any
     ) -> None:
-        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
-        self._init_task(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        super().__init__(task, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Steps gymnasium's HalfCheetah and replaces its reward by the task reward."""
-        task = self.get_task()
-        obs, _, terminated, truncated, info = super().step(action)
-        forward = task.direction * float(info["x_velocity"])
-        info["reward_forward"] = forward
-        return obs, forward + float(info["reward_ctrl"]), terminated, truncated, info
+    def _forward_reward(self, task: DirectionTask, x_velocity: float) -> float:
+        return task.direction * x_velocity
 
 
 class _HalfCheetahKernel(_Kernel):

@@ -34,8 +34,10 @@ def _scales(task: BodyParamsTask, model: mujoco.MjModel, name: str) -> np.ndarra
 class _RandParamsMixin(TaskEnvMixin):
     task_type = BodyParamsTask
 
-    def _save_params(self) -> None:
+    def __init__(self, task: BodyParamsTask | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # the gymnasium environment (next in the MRO)
         self._base_params = {k: getattr(self.model, k).copy() for k in _FIELDS}  # type: ignore[attr-defined]
+        self._init_task(task, **kwargs)
 
     def _apply_task(self, task: BodyParamsTask) -> None:
         for name in _FIELDS:
@@ -71,10 +73,6 @@ class HopperRandParamsEnv(_RandParamsMixin, HopperEnv):
         (11,)
     """
 
-    def __init__(self, task: BodyParamsTask | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._save_params()
-        self._init_task(task, **kwargs)
 
 
 class Walker2dRandParamsEnv(_RandParamsMixin, Walker2dEnv):
@@ -97,10 +95,6 @@ class Walker2dRandParamsEnv(_RandParamsMixin, Walker2dEnv):
         (17,)
     """
 
-    def __init__(self, task: BodyParamsTask | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._save_params()
-        self._init_task(task, **kwargs)
 
 
 class _RandParamsKernel(_Kernel):
