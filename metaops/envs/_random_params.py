@@ -74,7 +74,6 @@ class HopperRandParamsEnv(_RandParamsMixin, HopperEnv):
     """
 
 
-
 class Walker2dRandParamsEnv(_RandParamsMixin, Walker2dEnv):
     r"""gymnasium Walker2d-v5 with the task's body masses, inertias, damping and friction.
 
@@ -94,7 +93,6 @@ class Walker2dRandParamsEnv(_RandParamsMixin, Walker2dEnv):
         >>> obs.shape
         (17,)
     """
-
 
 
 class _RandParamsKernel(_Kernel):
