@@ -21,12 +21,14 @@ from metaops.experiment import (
     FitPanel,
     RunLogger,
     check_positive,
+    format_summary,
+    last_finite,
     load_run_checkpoint,
     plot_fits,
     plot_learning_curve,
     save_checkpoint,
     save_json,
-    summarize_tasks,
+    summarize_steps,
 )
 
 
@@ -209,18 +211,14 @@ def main(args: Args) -> dict[str, float]:
 
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --
     curves = evaluate(args.eval_tasks, args.eval_seed)
-    metrics: dict[str, float] = {}
-    for k in (0, *args.eval_steps):  # a task whose adaptation diverges is counted, not dropped
-        metrics |= summarize_tasks(curves[:, k], name="mse_pre" if k == 0 else f"mse_{k}")
+    metrics = summarize_steps(curves, args.eval_steps, prefix="mse")  # diverged tasks are counted, not dropped
     history = logger.history()
-    metrics["final_meta_loss"] = next((v for v in reversed(history["train/meta_loss"]) if v == v), float("nan"))
+    metrics["final_meta_loss"] = last_finite(history["train/meta_loss"])
     metrics["train_seconds"] = train_seconds
     if args.compile:
         metrics["compile_seconds"] = step_fn.compile_seconds if step_fn.compile_seconds is not None else float("nan")
     save_json(out / "metrics.json", metrics)
-    print("held-out MSE: " + ", ".join(
-        f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}" for name in metrics if f"{name}_ci95" in metrics)
-        + "".join(f", {name} on {value:.0f} task(s)" for name, value in metrics.items() if name.endswith("_diverged")))
+    print("held-out MSE: " + format_summary(metrics))
 
     # --- plots: learning curve, and fits before/after adaptation on three held-out tasks ------
     plot_learning_curve(out / "learning_curve.png", {

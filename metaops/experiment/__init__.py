@@ -8,7 +8,13 @@ from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, loa
 from metaops.experiment._config import check_positive, check_same_config
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
-from metaops.experiment._stats import mean_confidence_interval, summarize_tasks
+from metaops.experiment._stats import (
+    format_summary,
+    last_finite,
+    mean_confidence_interval,
+    summarize_steps,
+    summarize_tasks,
+)
 
 __all__ = [
     "save_checkpoint",
@@ -19,6 +25,9 @@ __all__ = [
     "save_json",
     "mean_confidence_interval",
     "summarize_tasks",
+    "summarize_steps",
+    "format_summary",
+    "last_finite",
     "plot_learning_curve",
     "plot_fits",
     "FitPanel",

@@ -9,7 +9,7 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-__all__ = ["mean_confidence_interval", "summarize_tasks"]
+__all__ = ["mean_confidence_interval", "summarize_tasks", "summarize_steps", "format_summary", "last_finite"]
 
 
 def mean_confidence_interval(
@@ -86,3 +86,50 @@ def summarize_tasks(values: Sequence[float] | Tensor, *, name: str) -> dict[str,
     mean, half = mean_confidence_interval(x[finite])
     return {name: math.inf, f"{name}_ci95": math.nan, f"{name}_finite": mean, f"{name}_finite_ci95": half,
             f"{name}_diverged": float((~finite).sum())}
+
+
+def summarize_steps(curves: Tensor, steps: Sequence[int], *, prefix: str) -> dict[str, float]:
+    r"""[metaops.experiment.summarize_tasks][] of per-task error curves at step 0 and ``steps``.
+
+    Args:
+        curves: Errors of shape `(tasks, max_step + 1)`: column $k$ after $k$ adaptation steps.
+        steps: The steps to report besides 0 (the pre-update error).
+        prefix: Key prefix: the keys are ``{prefix}_pre`` and ``{prefix}_{k}`` (each with the
+            suffixes of ``summarize_tasks``).
+
+    Returns:
+        One flat dict for all the steps.
+
+    Examples:
+        >>> curves = torch.tensor([[4.0, 2.0, 1.0], [6.0, 2.0, 3.0]])
+        >>> summarize_steps(curves, (2,), prefix="mse")["mse_2"]
+        2.0
+    """
+    metrics: dict[str, float] = {}
+    for k in (0, *steps):  # a task whose adaptation diverges is counted, not dropped
+        metrics |= summarize_tasks(curves[:, k], name=f"{prefix}_pre" if k == 0 else f"{prefix}_{k}")
+    return metrics
+
+
+def format_summary(metrics: dict[str, float]) -> str:
+    """One line with every ``name ± name_ci95`` pair and every ``*_diverged`` count of ``metrics``.
+
+    Examples:
+        >>> format_summary({"mse": 2.0, "mse_ci95": 0.5, "steps": 3.0})
+        'mse 2.000 ± 0.500'
+    """
+    pairs = ", ".join(f"{name} {metrics[name]:.3f} ± {metrics[name + '_ci95']:.3f}"
+                      for name in metrics if f"{name}_ci95" in metrics)
+    diverged = "".join(f", {name} on {value:.0f} task(s)" for name, value in metrics.items()
+                       if name.endswith("_diverged"))
+    return pairs + diverged
+
+
+def last_finite(values: Sequence[float]) -> float:
+    """The last value that is not NaN (NaN if there is none), e.g. the final logged loss.
+
+    Examples:
+        >>> last_finite([1.0, 0.5, float("nan")])
+        0.5
+    """
+    return next((v for v in reversed(values) if v == v), math.nan)

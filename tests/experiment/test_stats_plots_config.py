@@ -9,9 +9,12 @@ from metaops.experiment import (
     FitPanel,
     check_positive,
     check_same_config,
+    format_summary,
+    last_finite,
     mean_confidence_interval,
     plot_fits,
     plot_learning_curve,
+    summarize_steps,
     summarize_tasks,
 )
 
@@ -74,3 +77,15 @@ def test_summarize_tasks_counts_diverged_tasks_instead_of_dropping_them():
     assert summarize_tasks([1.0, 2.0, 3.0], name="m") == dict(zip(["m", "m_ci95"], mean_confidence_interval([1, 2, 3])))
     with pytest.raises(ValueError, match="at least 2"):
         summarize_tasks([1.0, float("nan")], name="m")
+
+
+def test_summarize_steps_and_format_summary_count_diverged_tasks():
+    curves = torch.tensor([[4.0, 2.0, 1.0], [6.0, 2.0, 3.0], [5.0, float("inf"), float("nan")]])
+    metrics = summarize_steps(curves, (1, 2), prefix="mse")
+    assert metrics["mse_pre"] == pytest.approx(5.0)
+    assert metrics["mse_1"] == math.inf and metrics["mse_1_finite"] == pytest.approx(2.0)
+    assert metrics["mse_1_diverged"] == 1.0 and metrics["mse_2_diverged"] == 1.0
+    line = format_summary(metrics)
+    assert line.startswith("mse_pre 5.000 ± ") and "mse_1_finite 2.000 ± 0.000" in line
+    assert line.endswith("mse_1_diverged on 1 task(s), mse_2_diverged on 1 task(s)")
+    assert math.isnan(last_finite([float("nan")])) and last_finite([]) != last_finite([])
