@@ -118,8 +118,8 @@ def make_step(impl: str, model, loss_fn, support, query, lr: float, steps: int, 
         kwargs = {"chunk_size": 8} if strategy == "chunked" else {}
 
         def task_loss(theta, s, q):
-            opt = mo.inner.sgd(lr) if second_order else mo.inner.first_order(mo.inner.sgd(lr))
-            return loss_fn(mo.inner.adapt(loss_fn, theta, s, opt, steps=steps), q)
+            mode = mo.inner.unrolled() if second_order else mo.inner.first_order()
+            return loss_fn(mo.inner.adapt(loss_fn, theta, s, mo.inner.sgd(lr), steps=steps, mode=mode), q)
 
         def meta_step(theta, s, q):
             return mo.meta_value_and_grad(task_loss, theta, s, q, strategy=strategy, **kwargs)

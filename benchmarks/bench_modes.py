@@ -1,6 +1,6 @@
 """The four memory/accuracy modes of ``metaops.inner.adapt``, side by side: time and peak memory.
 
-Modes: full unroll (``sgd``), ``checkpointed(sgd)``, ``first_order(sgd)``, ``implicit(sgd,
+Modes of ``adapt(..., sgd(lr), mode=...)``: ``unrolled()``, ``checkpointed()``, ``first_order()``, ``implicit(
 reg=1.0, cg_steps=5)``, each at several inner-step counts, one process per cell. Workloads:
 
 - ``w1``: sinusoid MLP 1-40-40-1, 25 tasks, K=10+10, lr 0.01, ``strategy="vmap"``.
@@ -43,10 +43,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_meta_grad import _reset_peak, _status_kb, make_workload  # noqa: E402
 
 MODES = {
-    "unroll": lambda lr: mo.inner.sgd(lr),
-    "checkpointed": lambda lr: mo.inner.checkpointed(mo.inner.sgd(lr)),
-    "first_order": lambda lr: mo.inner.first_order(mo.inner.sgd(lr)),
-    "implicit": lambda lr: mo.inner.implicit(mo.inner.sgd(lr), reg=1.0, cg_steps=5),
+    "unroll": mo.inner.unrolled(),
+    "checkpointed": mo.inner.checkpointed(),
+    "first_order": mo.inner.first_order(),
+    "implicit": mo.inner.implicit(reg=1.0, cg_steps=5),
     # the same iMAML meta-gradient, written without a custom autograd.Function (compiles)
     "implicit_value_and_grad": None,
 }
@@ -80,7 +80,7 @@ def run_one(a) -> dict:
     params = {k: v.detach() for k, v in model.named_parameters()}
 
     def task_loss(theta, s, q):
-        return loss_fn(mo.inner.adapt(loss_fn, theta, s, MODES[a.mode](lr), steps=a.steps), q)
+        return loss_fn(mo.inner.adapt(loss_fn, theta, s, mo.inner.sgd(lr), steps=a.steps, mode=MODES[a.mode]), q)
 
     def explicit_task(theta, s, q):
         return mo.inner.implicit_value_and_grad(lambda phi: loss_fn(phi, q), loss_fn, theta, s, mo.inner.sgd(lr),

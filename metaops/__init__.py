@@ -3,7 +3,7 @@
 The public API lives in these namespaces (one public path per object):
 
 - ``metaops.inner``: differentiable inner optimizers and ``adapt``.
-- ``metaops.implicit``: conjugate gradient and Hessian-vector products.
+- ``metaops.linalg``: conjugate gradient and Hessian-vector products.
 - ``metaops.tree``: pytree utilities.
 - ``metaops.nn``: thin ``nn.Module`` conveniences.
 - ``metaops.tasks``: supervised task distributions.
@@ -20,7 +20,7 @@ The public API lives in these namespaces (one public path per object):
 import importlib
 from typing import Any
 
-from metaops import estimators, implicit, inner, nn, rl, tasks, tree
+from metaops import estimators, inner, linalg, nn, rl, tasks, tree
 from metaops._batching import map_tasks, meta_value_and_grad
 from metaops._check import MetaGradReport, check_meta_grad
 from metaops._compile import CompiledMetaStep, compile_meta_step
@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "inner",
-    "implicit",
+    "linalg",
     "tree",
     "nn",
     "tasks",

@@ -9,8 +9,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from metaops._batchnorm import BatchNormUnderVmapError, batch_norm_context
 from metaops._compile import note_eager_only
-from metaops.inner._adapt import BatchNormUnderVmapError, NonFiniteError
+from metaops.inner._adapt import NonFiniteError
 from metaops.inner._validate import under_transform
 from metaops.tree import (
     stop_gradient,
@@ -145,6 +146,10 @@ def map_tasks(
     _check_strategy(strategy, chunk_size)
 
     def batched(*args):
+        with batch_norm_context():
+            return _batched(*args)
+
+    def _batched(*args):
         dims = _normalise_in_dims(in_dims, len(args))
         n = _num_tasks(args, dims)
         chosen = _auto_strategy(args, dims) if strategy == "auto" else strategy
@@ -301,6 +306,12 @@ def meta_value_and_grad(
     run = _autograd_strategy if _use_autograd(meta_params) else _functional_strategy
 
     chosen = _auto_strategy(task_args, dims) if strategy == "auto" else strategy
+    with batch_norm_context():
+        grads, losses = _run_strategy(run, task_loss_fn, meta_params, task_args, n, strategy, chosen, chunk_size)
+    return mean_over_tasks(losses, grads, n, check_finite=not torch.compiler.is_compiling())
+
+
+def _run_strategy(run, task_loss_fn, meta_params, task_args, n, strategy, chosen, chunk_size):
     if strategy == "auto" and chosen == "vmap":
         try:
             grads, losses = run(task_loss_fn, meta_params, task_args, n, "vmap", None)
@@ -310,8 +321,7 @@ def meta_value_and_grad(
             grads, losses = run(task_loss_fn, meta_params, task_args, n, "loop", None)
     else:
         grads, losses = run(task_loss_fn, meta_params, task_args, n, chosen, chunk_size)
-
-    return mean_over_tasks(losses, grads, n, check_finite=not torch.compiler.is_compiling())
+    return grads, losses
 
 
 def mean_over_tasks(losses: Tensor, grads: PyTree, n: int, *, check_finite: bool) -> tuple[Tensor, PyTree]:

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from metaops.inner._adapt import adapt
 from metaops.inner._base import InnerOptimizer
-from metaops.inner._wrappers import first_order
+from metaops.inner._modes import first_order
 from metaops.tree import tree_map, tree_vdot
 from metaops.typing import LossFn, Params
 
@@ -114,17 +114,17 @@ def check_meta_grad(
     theta = _to64(params)
     support64, query64 = _to64(support), _to64(query)
 
-    def meta_loss(p: Params, opt: InnerOptimizer) -> Tensor:
-        return loss_fn(adapt(loss_fn, p, support64, opt, steps=steps), query64)
+    def meta_loss(p: Params, mode: Any = None) -> Tensor:
+        return loss_fn(adapt(loss_fn, p, support64, optimizer, steps=steps, mode=mode), query64)
 
     if meta_grad is None:
-        claimed_grad = torch.func.grad(lambda p: meta_loss(p, optimizer))(theta)
+        claimed_grad = torch.func.grad(meta_loss)(theta)
     else:
         missing = sorted(set(params) - set(meta_grad))
         if missing:
             raise ValueError(f"meta_grad is missing parameters {missing}")
         claimed_grad = _to64({k: meta_grad[k] for k in params})
-    fo_grad = torch.func.grad(lambda p: meta_loss(p, first_order(optimizer)))(theta)
+    fo_grad = torch.func.grad(lambda p: meta_loss(p, first_order()))(theta)
 
     gen = torch.Generator().manual_seed(seed)
     fd, claimed, fo = [], [], []
@@ -133,8 +133,8 @@ def check_meta_grad(
             u = tree_map(lambda x: torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device), theta)
             norm = tree_vdot(u, u).sqrt()
             u = tree_map(lambda x: x / norm, u)
-            plus = meta_loss(tree_map(lambda t, d: t + eps * d, theta, u), optimizer)
-            minus = meta_loss(tree_map(lambda t, d: t - eps * d, theta, u), optimizer)
+            plus = meta_loss(tree_map(lambda t, d: t + eps * d, theta, u))
+            minus = meta_loss(tree_map(lambda t, d: t - eps * d, theta, u))
             fd.append(float((plus - minus) / (2 * eps)))
             claimed.append(float(tree_vdot(claimed_grad, u)))
             fo.append(float(tree_vdot(fo_grad, u)))

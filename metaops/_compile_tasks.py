@@ -19,8 +19,8 @@ from metaops._batching import (
     meta_value_and_grad,
     unit_grad_fn,
 )
+from metaops._batchnorm import BatchNormUnderVmapError
 from metaops._compile import CompiledMetaStep
-from metaops.inner._adapt import BatchNormUnderVmapError
 from metaops.tree import stop_gradient
 from metaops.typing import PyTree
 

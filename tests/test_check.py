@@ -37,7 +37,7 @@ def test_forgotten_create_graph_is_diagnosed():
 
 def test_first_order_optimizer_is_reported_as_such_and_garbage_as_wrong():
     loss_fn, theta, s, q = _problem()
-    fo = torch.func.grad(lambda th: loss_fn(adapt(loss_fn, th, s, first_order(sgd(0.5)), steps=2), q))(theta)
+    fo = torch.func.grad(lambda th: loss_fn(adapt(loss_fn, th, s, sgd(0.5), steps=2, mode=first_order()), q))(theta)
     report = mo.check_meta_grad(loss_fn, theta, s, q, sgd(0.5), steps=2, meta_grad=fo)
     assert "FIRST-ORDER" in report.verdict
     garbage = {k: torch.randn_like(v) for k, v in theta.items()}

@@ -12,7 +12,16 @@ import torch
 
 import metaops as mo
 from metaops._compile import _mismatch
-from metaops.inner import adapt, checkpointed, first_order, implicit, implicit_value_and_grad, meta_sgd, sgd
+from metaops.inner import (
+    adapt,
+    checkpointed,
+    first_order,
+    implicit,
+    implicit_value_and_grad,
+    meta_sgd,
+    sgd,
+    unrolled,
+)
 from tests._helpers import assert_trees_close, toy_regression
 
 
@@ -38,13 +47,13 @@ def _task_loss(loss_fn, variant):
     def task_loss(meta, s, q):
         if variant == "meta_sgd":
             return loss_fn(adapt(loss_fn, meta["params"], s, meta_sgd(meta["lrs"]), steps=2), q)
-        opt = {
-            "second_order": lambda: sgd(0.3),
-            "first_order": lambda: first_order(sgd(0.3)),
-            "implicit": lambda: implicit(sgd(0.3), reg=2.0, cg_steps=3),
-            "checkpointed": lambda: checkpointed(sgd(0.3)),
-        }[variant]()
-        return loss_fn(adapt(loss_fn, meta, s, opt, steps=2), q)
+        mode = {
+            "second_order": unrolled(),
+            "first_order": first_order(),
+            "implicit": implicit(reg=2.0, cg_steps=3),
+            "checkpointed": checkpointed(),
+        }[variant]
+        return loss_fn(adapt(loss_fn, meta, s, sgd(0.3), steps=2, mode=mode), q)
 
     return task_loss
 

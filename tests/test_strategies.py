@@ -45,8 +45,8 @@ def test_strategies_equal_autograd_loop(path, strategy, chunk_size, second_order
     _, loss_fn, theta, support, query = toy_regression(num_tasks=5)
 
     def task_loss(th, s, q):
-        opt = sgd(0.3) if second_order else first_order(sgd(0.3))
-        return loss_fn(adapt(loss_fn, th, s, opt, steps=2), q)
+        mode = None if second_order else first_order()
+        return loss_fn(adapt(loss_fn, th, s, sgd(0.3), steps=2, mode=mode), q)
 
     loss, grads = mo.meta_value_and_grad(task_loss, theta, support, query, strategy=strategy, chunk_size=chunk_size)
     ref_loss, ref_grads = _reference(loss_fn, theta, support, query, lr=0.3, steps=2, second_order=second_order)

@@ -1,14 +1,20 @@
-"""Differentiable inner-loop optimizers and the ``adapt`` loop."""
+"""Differentiable inner-loop optimizers, the ``adapt`` loop and its differentiation modes.
 
-from metaops.inner._adapt import BatchNormUnderVmapError, NonFiniteError, adapt
+An optimizer ([metaops.inner.sgd][], [metaops.inner.meta_sgd][],
+[metaops.inner.from_torchopt][]) says how to step; a mode ([metaops.inner.unrolled][],
+[metaops.inner.first_order][], [metaops.inner.checkpointed][], [metaops.inner.implicit][])
+says how the steps are differentiated. Both are chosen in [metaops.inner.adapt][].
+"""
+
+from metaops._batchnorm import BatchNormUnderVmapError
+from metaops.inner._adapt import NonFiniteError, adapt
 from metaops.inner._base import InnerOptimizer
-from metaops.inner._checkpointed import checkpointed
-from metaops.inner._implicit import implicit, implicit_value_and_grad, proximal_loss
+from metaops.inner._implicit import implicit_value_and_grad, proximal_loss
 from metaops.inner._meta_sgd import meta_sgd, meta_sgd_step
+from metaops.inner._modes import checkpointed, first_order, implicit, unrolled
 from metaops.inner._reptile import reptile_grad
 from metaops.inner._sgd import sgd, sgd_step
 from metaops.inner._torchopt import from_torchopt
-from metaops.inner._wrappers import first_order
 
 __all__ = [
     "InnerOptimizer",
@@ -18,6 +24,7 @@ __all__ = [
     "meta_sgd",
     "meta_sgd_step",
     "from_torchopt",
+    "unrolled",
     "first_order",
     "checkpointed",
     "implicit",

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
-from torch.overrides import TorchFunctionMode
 
+from metaops._batchnorm import BatchNormUnderVmapError, batch_norm_context
 from metaops._compile import note_eager_only
 from metaops.inner._base import InnerOptimizer
+from metaops.inner._modes import Checkpointed, FirstOrder, Implicit, Mode, check_mode
 from metaops.inner._validate import all_finite, check_params, check_steps, under_transform
+from metaops.tree import stop_gradient
 from metaops.typing import LossFn, Params
 
 __all__ = ["adapt", "BatchNormUnderVmapError", "NonFiniteError"]
@@ -19,57 +20,6 @@ __all__ = ["adapt", "BatchNormUnderVmapError", "NonFiniteError"]
 
 class NonFiniteError(FloatingPointError):
     """Raised when a loss or gradient becomes NaN or infinite during adaptation."""
-
-
-class BatchNormUnderVmapError(RuntimeError):
-    """Raised when a second-order inner loop runs batch norm under ``torch.func.vmap``.
-
-    torch (checked on 2.13) returns a silently wrong second-order meta-gradient through batch
-    statistics under ``vmap`` (errors of 1e-3 to 3e-2; GroupNorm, no norm, and the same code
-    without ``vmap`` are exact). metaops refuses rather than return that gradient.
-    [metaops.map_tasks][] and [metaops.meta_value_and_grad][] with ``strategy="auto"`` catch
-    this error and fall back to the exact per-task loop.
-    """
-
-
-_BATCH_STAT_FUNCS = (F.batch_norm, torch.batch_norm)
-
-
-class _BatchNormGuard(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _BATCH_STAT_FUNCS and _uses_batch_statistics(func, args, kwargs):
-            raise BatchNormUnderVmapError(
-                "batch norm with batch statistics inside a second-order inner loop under "
-                "torch.func.vmap: torch computes a silently wrong second-order meta-gradient "
-                "here (see metaops docs, 'Known traps'). Use metaops.map_tasks / "
-                "metaops.meta_value_and_grad with strategy='loop' (or 'auto'), "
-                "replace BatchNorm by GroupNorm, or wrap the optimizer in "
-                "metaops.inner.first_order (first-order gradients are exact)."
-            )
-        return func(*args, **kwargs)
-
-
-def _uses_batch_statistics(func, args, kwargs) -> bool:
-    if func is F.batch_norm:
-        running_mean = args[1] if len(args) > 1 else kwargs.get("running_mean")
-        training = args[5] if len(args) > 5 else kwargs.get("training", False)
-        return bool(training) or running_mean is None
-    # torch.batch_norm(input, weight, bias, running_mean, running_var, training, ...)
-    running_mean = args[3] if len(args) > 3 else kwargs.get("running_mean")
-    training = args[5] if len(args) > 5 else kwargs.get("training", False)
-    return bool(training) or running_mean is None
-
-
-def _under_vmap() -> bool:
-    if torch.compiler.is_compiling():
-        # Not traceable; compile_meta_step runs the first call eagerly, where this guard acts.
-        return False
-    stack = torch._C._functorch.get_interpreter_stack()
-    if not stack:
-        return False
-    vmap = torch._C._functorch.TransformType.Vmap
-    return any(level.key() == vmap for level in stack)
 
 
 def checked_loss(loss_fn: LossFn, params: Params, batch: Any) -> Tensor:
@@ -104,11 +54,14 @@ def unrolled_steps(
     steps: int,
     *,
     check_finite: bool,
+    first_order: bool = False,
 ) -> tuple[Params, Any]:
     """Runs ``steps`` differentiable optimizer steps (private; the plain unroll)."""
     grad_fn = torch.func.grad_and_value(lambda p, b: checked_loss(loss_fn, p, b))
     for k in range(steps):
         grads, loss = grad_fn(params, batch)
+        if first_order:
+            grads = stop_gradient(grads)
         if check_finite and not _probably_finite(loss, grads):  # one host sync per step
             if not all_finite(loss):
                 raise NonFiniteError(f"adapt: the inner loss is {loss.item()} at inner step {k}")
@@ -128,46 +81,56 @@ def adapt(
     optimizer: InnerOptimizer,
     *,
     steps: int,
+    mode: Mode | None = None,
 ) -> Params:
     r"""Adapts parameters to one task by ``steps`` inner-optimizer steps; returns the new params.
-
-    With a plain optimizer (e.g. [metaops.inner.sgd][]) the loop is fully unrolled and
-    differentiable, so the result carries the exact MAML meta-gradient
-    $\frac{d}{d\theta}\mathcal{L}_{\text{query}}(\phi(\theta))$ including second-order terms:
 
     $$\phi_0 = \theta, \qquad \phi_{k+1} = \mathrm{step}\big(\phi_k,
       \nabla_\phi \mathcal{L}_{\text{support}}(\phi_k)\big), \qquad \phi = \phi_K.$$
 
-    The same call gives four memory/accuracy trade-offs through the optimizer it is handed:
+    The ``optimizer`` says how to step; the ``mode`` says how the steps are differentiated.
+    Every optimizer works in every mode:
 
-    | optimizer | meta-gradient | memory in the number of steps $K$ |
-    |---|---|---|
-    | `opt` (full unroll) | exact | activations of all $K$ steps |
-    | [metaops.inner.checkpointed][]`(opt)` | exact | $K$ parameter copies + one step's activations |
-    | [metaops.inner.first_order][]`(opt)` | drops second-order terms (FOMAML) | one step |
-    | [metaops.inner.implicit][]`(opt, reg=...)` | implicit (iMAML) at the proximal solution | constant |
+    | mode | meta-gradient | memory in the number of steps $K$ | derivatives |
+    |---|---|---|---|
+    | [metaops.inner.unrolled][]`()` (default) | exact | activations of $K$ steps | all orders |
+    | [metaops.inner.checkpointed][]`()` | exact | $K$ parameter copies + 1 step | all orders |
+    | [metaops.inner.first_order][]`()` | FOMAML (no second-order terms) | one step | surrogate's |
+    | [metaops.inner.implicit][]`(reg=...)` | iMAML, at the proximal solution | constant | first only |
+
+    A second derivative through ``implicit`` raises rather than return the derivative of the
+    CG iterations. ``first_order``'s derivatives are those of the surrogate whose inner
+    gradients are constants.
+    Measured time and memory of each mode are in the performance guide.
 
     Works for one task and under ``torch.func.vmap`` for a batch of tasks, under
     ``torch.func.grad`` and with plain ``.backward()``. Gradients are taken with
     ``torch.func.grad``, never ``torch.autograd.grad``. Outside ``torch.func`` transforms each
-    step checks that the loss and gradients are finite.
+    step checks that the loss and gradients are finite. Standard ``nn.BatchNorm`` layers in
+    training mode normalise with the batch statistics inside the loop and leave their
+    running buffers untouched (see the known-traps guide).
 
     Args:
         loss_fn: ``loss_fn(params, batch) -> scalar`` to minimise, typically calling
             ``torch.func.functional_call(model, params, ...)``.
         params: Initial parameters $\theta$, e.g. ``dict(model.named_parameters())``.
         batch: The task's support data, any pytree; passed to ``loss_fn`` unchanged.
-        optimizer: An [metaops.inner.InnerOptimizer][].
+        optimizer: An [metaops.inner.InnerOptimizer][] such as [metaops.inner.sgd][].
         steps: Number of inner steps $K \ge 1$ (static, so the loop vmaps).
+        mode: How to differentiate: [metaops.inner.unrolled][] (default, also for ``None``),
+            [metaops.inner.first_order][], [metaops.inner.checkpointed][] or
+            [metaops.inner.implicit][].
 
     Returns:
         The adapted parameters $\phi$, a new dict with the keys of ``params``.
 
     Raises:
-        TypeError: If ``params`` is not a dict of floating tensors or ``loss_fn`` does not
-            return a tensor.
-        ValueError: If ``steps < 1`` or the loss is not a scalar.
-        NonFiniteError: If a loss or gradient becomes NaN/inf (outside transforms).
+        TypeError: If ``params`` is not a dict of floating tensors, ``loss_fn`` does not
+            return a tensor, or ``mode`` is not a mode.
+        ValueError: If ``steps < 1``, the loss is not a scalar, or ``mode=implicit(...)`` is
+            combined with optimizer hyperparameters that need a meta-gradient.
+        NonFiniteError: If a loss or gradient becomes NaN/inf (outside transforms); the
+            message names the inner step and the parameters.
         BatchNormUnderVmapError: If a second-order loop computes batch-norm statistics under
             ``vmap``, where torch's second-order gradient is wrong.
 
@@ -186,28 +149,36 @@ def adapt(
     """
     check_params(params)
     check_steps(steps)
+    mode = check_mode(mode)
     if not isinstance(optimizer, InnerOptimizer):
         raise TypeError(
             f"optimizer must be a metaops.inner.InnerOptimizer (e.g. sgd(0.01)), got "
             f"{type(optimizer).__name__}"
         )
-    guard = optimizer.second_order and _under_vmap()
-    if guard:
-        with _BatchNormGuard():
-            return _run(loss_fn, params, batch, optimizer, steps)
-    return _run(loss_fn, params, batch, optimizer, steps)
+    with batch_norm_context(refuse_batch_statistics=not isinstance(mode, FirstOrder)):
+        return _run(loss_fn, params, batch, optimizer, steps, mode)
 
 
-def _run(loss_fn, params, batch, optimizer, steps):
-    if optimizer.loop is not None:
-        note_eager_only(
-            f"{optimizer.name}: its torch.autograd.Function is not traceable by torch.compile "
-            f"under torch.func transforms (torch {torch.__version__})"
-        )
-        return optimizer.loop(loss_fn, params, batch, steps)
+def _run(loss_fn, params, batch, optimizer, steps, mode):
+    if isinstance(mode, Checkpointed):
+        from metaops.inner._checkpointed import checkpointed_loop
+
+        note_eager_only(_EAGER_ONLY.format("checkpointed()", torch.__version__))
+        return checkpointed_loop(loss_fn, params, batch, optimizer, steps)
+    if isinstance(mode, Implicit):
+        from metaops.inner._implicit import implicit_loop
+
+        note_eager_only(_EAGER_ONLY.format("implicit()", torch.__version__))
+        return implicit_loop(loss_fn, params, batch, optimizer, steps, mode)
     state = optimizer.init(params)
     params, _ = unrolled_steps(
         loss_fn, params, batch, optimizer, state, optimizer.hyperparams, steps,
-        check_finite=not under_transform(),
+        check_finite=not under_transform(), first_order=isinstance(mode, FirstOrder),
     )
     return params
+
+
+_EAGER_ONLY = (
+    "mode={}: its torch.autograd.Function is not traceable by torch.compile under torch.func "
+    "transforms (torch {})"
+)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from metaops.typing import OptState, Params, PyTree
 
@@ -20,19 +20,18 @@ class InnerOptimizer(NamedTuple):
     that meta-gradients flow through it to the initial parameters and to ``hyperparams``.
 
     Every tensor that should receive a meta-gradient (a learned learning rate, say) lives in
-    ``hyperparams`` instead of being captured by the closure: the unrolled, checkpointed and
-    implicit modes of [metaops.inner.adapt][] then all differentiate with respect to it.
+    ``hyperparams`` instead of being captured by the closure: the unrolled, first-order and
+    checkpointed modes of [metaops.inner.adapt][] then all differentiate with respect to it.
+
+    An optimizer only says how to step. How the steps are differentiated (unrolled,
+    first-order, checkpointed or implicit) is the ``mode`` of [metaops.inner.adapt][], so every
+    optimizer works in every mode and nothing can be wrapped in the wrong order.
 
     Attributes:
         init: ``init(params) -> state``.
         step: ``step(params, grads, state, hyperparams) -> (params, state)``.
         hyperparams: A pytree of tensors the step reads (``{}`` when there are none).
-        loop: How [metaops.inner.adapt][] runs the steps; ``None`` is the plain, fully
-            differentiable unroll. Set by wrappers such as [metaops.inner.checkpointed][] and
-            [metaops.inner.implicit][]; users do not set it.
         name: A short description used in error messages and reprs.
-        second_order: Whether meta-gradients through this optimizer contain second-order
-            terms (``False`` after [metaops.inner.first_order][]).
 
     Examples:
         >>> import torch
@@ -49,6 +48,4 @@ class InnerOptimizer(NamedTuple):
     init: Callable[[Params], OptState]
     step: StepFn
     hyperparams: PyTree = {}
-    loop: Any = None
     name: str = "custom"
-    second_order: bool = True

@@ -1,4 +1,4 @@
-"""Gradient checkpointing through the inner loop (exact meta-gradient, bounded activations)."""
+"""Gradient checkpointing through the inner loop (exact meta-gradient at every order)."""
 
 from __future__ import annotations
 
@@ -13,81 +13,28 @@ from metaops.inner._validate import split_tensors, under_transform
 from metaops.tree import tree_add, tree_flatten, tree_unflatten
 from metaops.typing import LossFn, Params
 
-__all__ = ["checkpointed"]
+__all__ = ["checkpointed_loop"]
 
 
-def checkpointed(optimizer: InnerOptimizer) -> InnerOptimizer:
-    r"""Runs the inner loop with gradient checkpointing: exact meta-gradient, less memory.
-
-    The forward pass keeps only the parameters (and optimizer state) after each step,
-    $\phi_0, \dots, \phi_{K-1}$, without any autograd graph. The backward pass walks the steps
-    in reverse, recomputing one step at a time and pulling the adjoint back through it:
-
-    $$\bar\phi_{k} = \Big(\frac{\partial \phi_{k+1}}{\partial \phi_k}\Big)^{\!\top} \bar\phi_{k+1},
-      \qquad \bar h \mathrel{+}= \Big(\frac{\partial \phi_{k+1}}{\partial h}\Big)^{\!\top}
-      \bar\phi_{k+1},$$
-
-    where $h$ are the optimizer's tensor ``hyperparams`` (e.g. Meta-SGD rates). The result is
-    the same meta-gradient as the full unroll; memory holds $K$ parameter copies plus the
-    activations of a single step, instead of the activations of all $K$ steps, at the price of
-    recomputing each step once more.
-
-    Meta-gradients flow to the initial parameters and to the optimizer's ``hyperparams``; the
-    support ``batch`` and anything ``loss_fn`` captures are treated as constants.
-    Works under ``torch.func.grad``, ``torch.func.vmap`` and ``.backward()``.
-
-    Args:
-        optimizer: A plain or [metaops.inner.first_order][] optimizer to run checkpointed.
-
-    Returns:
-        An [metaops.inner.InnerOptimizer][] for [metaops.inner.adapt][].
-
-    Raises:
-        ValueError: If ``optimizer`` already has a custom loop (implicit, checkpointed).
-
-    Examples:
-        >>> import torch
-        >>> from metaops.inner import adapt, sgd
-        >>> loss_fn = lambda p, b: ((p["w"] - b) ** 4).sum()
-        >>> theta = {"w": torch.tensor([0.0, 1.0], requires_grad=True)}
-        >>> phi = adapt(loss_fn, theta, torch.ones(2), checkpointed(sgd(0.1)), steps=5)
-        >>> loss_fn(phi, torch.ones(2)).backward()
-        >>> theta2 = {"w": torch.tensor([0.0, 1.0], requires_grad=True)}
-        >>> loss_fn(adapt(loss_fn, theta2, torch.ones(2), sgd(0.1), steps=5),
-        ...         torch.ones(2)).backward()
-        >>> torch.allclose(theta["w"].grad, theta2["w"].grad)
-        True
-    """
-    if not isinstance(optimizer, InnerOptimizer):
-        raise TypeError(f"checkpointed expects an InnerOptimizer, got {type(optimizer).__name__}")
-    if optimizer.loop is not None:
-        raise ValueError(f"checkpointed cannot wrap {optimizer.name}: it already has its own loop")
-
-    def loop(loss_fn: LossFn, params: Params, batch: Any, steps: int) -> Params:
-        names = list(params)
-        hyper_leaves, hyper_spec = tree_flatten(optimizer.hyperparams)
-        tensors, rebuild_batch = split_tensors(batch)
-        spec = _Spec(
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            steps=steps,
-            names=names,
-            hyper_spec=hyper_spec,
-            num_hyper=len(hyper_leaves),
-            rebuild_batch=rebuild_batch,
-            check_finite=not under_transform(),
-        )
-        out = _CheckpointedLoop.apply(spec, *[params[n] for n in names], *hyper_leaves, *tensors)
-        return dict(zip(names, out[: len(names)]))
-
-    return InnerOptimizer(
-        init=optimizer.init,
-        step=optimizer.step,
-        hyperparams=optimizer.hyperparams,
-        loop=loop,
-        name=f"checkpointed({optimizer.name})",
-        second_order=optimizer.second_order,
+def checkpointed_loop(
+    loss_fn: LossFn, params: Params, batch: Any, optimizer: InnerOptimizer, steps: int
+) -> Params:
+    """Runs ``steps`` checkpointed steps (see [metaops.inner.checkpointed][] for the maths)."""
+    names = list(params)
+    hyper_leaves, hyper_spec = tree_flatten(optimizer.hyperparams)
+    tensors, rebuild_batch = split_tensors(batch)
+    spec = _Spec(
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        steps=steps,
+        names=names,
+        hyper_spec=hyper_spec,
+        num_hyper=len(hyper_leaves),
+        rebuild_batch=rebuild_batch,
+        check_finite=not under_transform(),
     )
+    out = _CheckpointedLoop.apply(spec, *[params[n] for n in names], *hyper_leaves, *tensors)
+    return dict(zip(names, out[: len(names)]))
 
 
 class _Spec(NamedTuple):
@@ -174,6 +121,10 @@ class _CheckpointedLoop(torch.autograd.Function):
             name: (g if g is not None else torch.zeros_like(inputs[i]))
             for i, (name, g) in enumerate(zip(spec.names, grad_outputs[:n]))
         }
+        # The trajectory (phi_1..phi_{K-1} and their optimizer states) is also an output, saved
+        # for this backward. When this backward is itself differentiated (a second derivative),
+        # cotangents arrive on those outputs too: add each to the adjoint of its step.
+        trajectory_cotangents = grad_outputs[n:]
         adj_state = None
         adj_hyper = None
         for k in reversed(range(spec.steps)):
@@ -186,8 +137,22 @@ class _CheckpointedLoop(torch.autograd.Function):
                 adj_state = [torch.zeros_like(x) for x in float_state]
             adj_params, adj_state, g_hyper = vjp_fn((adj_params, adj_state))
             adj_hyper = g_hyper if adj_hyper is None else tree_add(adj_hyper, g_hyper)
+            if k >= 1:  # phi_k and its state are trajectory chunk k - 1
+                chunk = trajectory_cotangents[(k - 1) * (n + num_state) : k * (n + num_state)]
+                adj_params = {
+                    name: a if c is None else a + c
+                    for (name, a), c in zip(adj_params.items(), chunk[:n])
+                }
+                state_cotangents = [c for c, t in zip(_tensor_slots(chunk[n:], is_tensor), is_float) if t]
+                adj_state = [a if c is None else a + c for a, c in zip(adj_state, state_cotangents)]
 
         hyper_grads, _ = tree_flatten(adj_hyper)
         num_batch = ctx.num_inputs - n - spec.num_hyper
         return (None, *[adj_params[name] for name in spec.names], *hyper_grads, *([None] * num_batch))
 
+
+
+def _tensor_slots(cotangents, is_tensor):
+    """Spreads the cotangents of the saved tensor state leaves over all state leaves."""
+    it = iter(cotangents)
+    return [next(it) if t else None for t in is_tensor]

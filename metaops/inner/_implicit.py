@@ -8,15 +8,16 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from metaops.implicit._cg import cg
-from metaops.implicit._hvp import hvp
 from metaops.inner._adapt import checked_loss, unrolled_steps
 from metaops.inner._base import InnerOptimizer
+from metaops.inner._modes import Implicit, check_implicit_args
 from metaops.inner._validate import check_params, check_steps, split_tensors, under_transform
+from metaops.linalg._cg import cg
+from metaops.linalg._hvp import hvp
 from metaops.tree import tree_axpy, tree_sq_dist
 from metaops.typing import LossFn, Params
 
-__all__ = ["implicit", "implicit_value_and_grad", "proximal_loss"]
+__all__ = ["implicit_loop", "implicit_value_and_grad", "proximal_loss"]
 
 
 def proximal_loss(loss_fn: LossFn, anchor: Params, *, reg: float) -> LossFn:
@@ -39,105 +40,43 @@ def proximal_loss(loss_fn: LossFn, anchor: Params, *, reg: float) -> LossFn:
     return lambda params, batch: loss_fn(params, batch) + 0.5 * reg * tree_sq_dist(params, anchor)
 
 
-def implicit(optimizer: InnerOptimizer, *, reg: float, cg_steps: int = 5) -> InnerOptimizer:
-    r"""Differentiates the inner loop implicitly, as iMAML does: memory independent of steps.
-
-    The inner loop minimises the proximal objective (see [metaops.inner.proximal_loss][])
-
-    $$\phi^\star(\theta) = \arg\min_\phi \hat{\mathcal{L}}(\phi) + \frac{\lambda}{2}
-      \lVert \phi - \theta \rVert^2$$
-
-    by running ``optimizer`` from $\theta$ without recording a graph. At the solution,
-    $\nabla\hat{\mathcal{L}}(\phi^\star) + \lambda(\phi^\star - \theta) = 0$, and the implicit
-    function theorem gives $\frac{d\phi^\star}{d\theta} = (I + \tfrac{1}{\lambda} H)^{-1}$ with
-    $H = \nabla^2 \hat{\mathcal{L}}(\phi^\star)$. The backward pass therefore maps an incoming
-    gradient $g$ (e.g. $\nabla \mathcal{L}_{\text{query}}(\phi^\star)$) to
-
-    $$\Big(I + \frac{1}{\lambda} H\Big)^{-1} g,$$
-
-    solved by ``cg_steps`` iterations of [metaops.implicit.cg][] using Hessian-vector
-    products ([metaops.implicit.hvp][]). The gradient is exact when the inner problem is
-    solved exactly (enough steps) and CG has converged. Nothing is stored per inner step, so
-    memory does not grow with ``steps``. Meta-gradients flow only to the initial parameters;
-    the optimizer's hyperparameters get none (the solution does not depend on them).
-
-    Conjugate gradient needs $I + H/\lambda$ to be positive definite, i.e.
-    $\lambda > -\lambda_{\min}(H)$. Neural-network losses often have negative curvature
-    (an eigenvalue of about $-6$ was measured on the sinusoid MLP, and about $-10$ after
-    2,000 iMAML meta-iterations), and with too small a $\lambda$ the system is indefinite:
-    [metaops.implicit.cg][] then stops at the first direction of negative curvature, which
-    keeps the result bounded but makes it a truncated, not the implicit, gradient. Choose $\lambda$ well above
-    the most negative eigenvalue (check it once with [metaops.implicit.hvp][] and power
-    iteration, or compare with the dense solve on a small model), or increase it until the
-    meta-gradient stops changing.
-
-    This mode is a ``torch.autograd.Function``: it runs eagerly inside
-    [metaops.compile_meta_step][] (torch.compile would drop its backward). To compile iMAML,
-    compute the same meta-gradient with [metaops.inner.implicit_value_and_grad][].
-
-    Args:
-        optimizer: Inner optimizer used to solve the proximal problem.
-        reg: Proximal regularisation $\lambda > 0$; see above for how large it must be.
-        cg_steps: Conjugate-gradient iterations (fixed, so the whole thing vmaps).
-
-    Returns:
-        An [metaops.inner.InnerOptimizer][] for [metaops.inner.adapt][].
-
-    Raises:
-        ValueError: If ``reg <= 0``, ``cg_steps < 1``, or ``optimizer`` has its own loop.
-
-    Examples:
-        >>> import torch
-        >>> from metaops.inner import adapt, sgd
-        >>> loss_fn = lambda p, b: 0.5 * 3.0 * (p["w"] ** 2).sum()     # H = 3 I
-        >>> theta = {"w": torch.tensor([1.0], requires_grad=True)}
-        >>> opt = implicit(sgd(0.1), reg=1.0, cg_steps=3)
-        >>> phi = adapt(loss_fn, theta, None, opt, steps=100)          # phi* = theta / 4
-        >>> phi["w"].sum().backward()
-        >>> theta["w"].grad                                              # (1 + 3)^-1
-        tensor([0.2500])
-
-    References:
-        Rajeswaran, Finn, Kakade, Levine, "Meta-Learning with Implicit Gradients", NeurIPS 2019.
-    """
-    _check_implicit_args("implicit", optimizer, reg, cg_steps)
-
-    def loop(loss_fn: LossFn, params: Params, batch: Any, steps: int) -> Params:
-        names = list(params)
-        tensors, rebuild_batch = split_tensors(batch)
-        spec = _Spec(
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            steps=steps,
-            reg=float(reg),
-            cg_steps=cg_steps,
-            names=names,
-            rebuild_batch=rebuild_batch,
-            check_finite=not under_transform(),
+def implicit_loop(
+    loss_fn: LossFn, params: Params, batch: Any, optimizer: InnerOptimizer, steps: int, mode: Implicit
+) -> Params:
+    """Solves the proximal problem and differentiates at the solution (see [metaops.inner.implicit][])."""
+    needing = [
+        name for name, leaf in _named_leaves(optimizer.hyperparams)
+        if isinstance(leaf, Tensor) and leaf.requires_grad
+    ]
+    if needing:
+        raise ValueError(
+            f"mode=implicit(...) differentiates only with respect to the initial parameters, but "
+            f"the optimizer {optimizer.name}'s hyperparameters {needing} need a meta-gradient "
+            "(the proximal solution does not depend on them, so they would get none). Use "
+            "mode=unrolled() or checkpointed() to learn them, or detach them."
         )
-        out = _ImplicitSolve.apply(spec, *[params[n] for n in names], *tensors)
-        return dict(zip(names, out))
-
-    return InnerOptimizer(
-        init=optimizer.init,
-        step=optimizer.step,
-        hyperparams=optimizer.hyperparams,
-        loop=loop,
-        name=f"implicit({optimizer.name}, reg={reg}, cg_steps={cg_steps})",
-        second_order=True,
+    names = list(params)
+    tensors, rebuild_batch = split_tensors(batch)
+    spec = _Spec(
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        steps=steps,
+        reg=mode.reg,
+        cg_steps=mode.cg_steps,
+        names=names,
+        rebuild_batch=rebuild_batch,
+        check_finite=not under_transform(),
     )
+    out = _ImplicitSolve.apply(spec, *[params[n] for n in names], *tensors)
+    return dict(zip(names, out))
 
 
-
-def _check_implicit_args(where: str, optimizer: object, reg: object, cg_steps: object) -> None:
-    if not isinstance(optimizer, InnerOptimizer):
-        raise TypeError(f"{where} expects an InnerOptimizer, got {type(optimizer).__name__}")
-    if optimizer.loop is not None:
-        raise ValueError(f"{where} cannot wrap {optimizer.name}: it already has its own loop")
-    if isinstance(reg, bool) or not isinstance(reg, (int, float)) or not reg > 0:
-        raise ValueError(f"{where} needs reg > 0 (a float), got {reg!r}")
-    if isinstance(cg_steps, bool) or not isinstance(cg_steps, int) or cg_steps < 1:
-        raise ValueError(f"{where} needs cg_steps >= 1 (an int), got {cg_steps!r}")
+def _named_leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(tree, dict):
+        return [item for k, v in tree.items() for item in _named_leaves(v, f"{prefix}{k}.")]
+    if isinstance(tree, (list, tuple)):
+        return [item for i, v in enumerate(tree) for item in _named_leaves(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), tree)]
 
 
 def _solve_proximal(
@@ -176,7 +115,7 @@ def implicit_value_and_grad(
     r"""One task's iMAML outer loss and implicit meta-gradient, computed explicitly.
 
     The same numbers as differentiating ``outer_loss_fn(adapt(loss_fn, params, batch,
-    implicit(optimizer, reg=reg, cg_steps=cg_steps), steps=steps))``, without a custom
+    optimizer, steps=steps, mode=implicit(reg=reg, cg_steps=cg_steps)))``, without a custom
     ``torch.autograd.Function``: the proximal solution $\phi^\star$ is found without a graph,
     then
 
@@ -195,7 +134,7 @@ def implicit_value_and_grad(
         outer_loss_fn: The outer (e.g. query) loss as a function of the adapted parameters
             only, ``phi -> scalar``; it may capture the query batch.
         loss_fn: Inner (support) loss ``loss_fn(params, batch)``.
-        params: Meta-parameters $	heta$, the start and anchor of the inner problem.
+        params: Meta-parameters $\theta$, the start and anchor of the inner problem.
         batch: Support batch passed to ``loss_fn``.
         optimizer: Inner optimizer that solves the proximal problem (e.g. ``sgd(0.1)``).
         reg: Proximal regularisation $\lambda > 0$.
@@ -224,7 +163,9 @@ def implicit_value_and_grad(
         >>> grads["w"].mean(0)            # (1 + 3)^-1 * 2 (phi* - 1), phi* = 3/4
         tensor([-0.1250])
     """
-    _check_implicit_args("implicit_value_and_grad", optimizer, reg, cg_steps)
+    if not isinstance(optimizer, InnerOptimizer):
+        raise TypeError(f"implicit_value_and_grad expects an InnerOptimizer, got {type(optimizer).__name__}")
+    check_implicit_args("implicit_value_and_grad", reg, cg_steps)
     check_params(params)
     check_steps(steps)
     check_finite = not under_transform()
@@ -284,4 +225,30 @@ class _ImplicitSolve(torch.autograd.Function):
             for name, gi in zip(spec.names, grad_outputs)
         }
         solution = _inverse_hessian_product(spec.loss_fn, phi, batch, g, spec.reg, spec.cg_steps)
-        return (None, *[solution[name] for name in spec.names], *([None] * (len(saved) - n)))
+        # The implicit gradient is first-order only: any attempt to differentiate it again
+        # reaches _FirstOrderOnly's backward and raises, instead of returning the derivative of
+        # the CG iterations (which is not the second derivative of the meta-loss).
+        connect = [*phi.values(), *g.values()]
+        out = [_FirstOrderOnly.apply(solution[name].detach(), *connect) for name in spec.names]
+        return (None, *out, *([None] * (len(saved) - n)))
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(value, *connect):
+        return value.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        raise RuntimeError(
+            "mode=implicit(...) gives first derivatives of the meta-loss only: its gradient "
+            "(I + H/reg)^-1 g cannot be differentiated again (a Hessian-vector product, TRPO's "
+            "Fisher products or torch.func.hessian through it). Use mode=unrolled() or "
+            "checkpointed() where a second derivative is needed."
+        )

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from metaops.estimators._validate import as_mask
-from metaops.implicit import hvp
+from metaops.linalg import hvp
 from metaops.tree import tree_axpy
 from metaops.typing import Params
 
@@ -71,7 +71,7 @@ def kl_hvp(kl_fn: Callable[[Params], Tensor], params: Params, v: Params, *, damp
     For $D(\theta) = \overline{\mathrm{KL}}(\pi_{\bot(\theta_\text{old})} \,\|\, \pi_\theta)$ the
     Hessian at $\theta = \theta_\text{old}$ is the Fisher information matrix (of the action
     distributions, averaged over states), the metric of natural gradients and TRPO. Computed
-    with [metaops.implicit.hvp][], so the matrix is never formed, and it
+    with [metaops.linalg.hvp][], so the matrix is never formed, and it
     works when ``kl_fn`` runs through an inner adaptation step (the HVP then differentiates
     through the inner gradient: a third-order product, still exact).
 

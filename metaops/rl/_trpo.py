@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from metaops.implicit import cg
+from metaops.linalg import cg
 from metaops.rl._kl import kl_hvp
 from metaops.tree import stop_gradient, tree_add, tree_scale, tree_vdot
 from metaops.typing import Params
@@ -56,7 +56,7 @@ def trpo_step(
 
     With $g = \nabla_\theta \mathcal{J}(\theta)$ and $F = \nabla^2_\theta D(\theta)$ the Hessian
     of the KL (the Fisher matrix at $\theta$), conjugate gradient
-    ([metaops.implicit.cg][], ``cg_steps`` iterations) solves $(F + \beta I) x = g$, the full step
+    ([metaops.linalg.cg][], ``cg_steps`` iterations) solves $(F + \beta I) x = g$, the full step
     is scaled to the trust-region boundary of the quadratic model,
 
     $$\Delta = \sqrt{\frac{2\delta}{x^\top (F + \beta I) x}}\; x,$$

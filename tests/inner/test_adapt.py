@@ -9,14 +9,15 @@ import metaops as mo
 from metaops.inner import adapt, checkpointed, first_order, from_torchopt, meta_sgd, sgd
 from tests._helpers import assert_trees_close, index_task, toy_regression
 
+# name -> (optimizer factory, mode)
 OPTIMIZERS = {
-    "sgd": lambda: sgd(0.3),
-    "sgd_tensor_lr": lambda: sgd(torch.tensor(0.3, dtype=torch.float64)),
-    "first_order": lambda: first_order(sgd(0.3)),
-    "checkpointed": lambda: checkpointed(sgd(0.3)),
-    "torchopt_momentum": lambda: from_torchopt(torchopt.sgd(0.2, momentum=0.9)),
-    "torchopt_adam": lambda: from_torchopt(torchopt.adam(0.05)),
-    "checkpointed_adam": lambda: checkpointed(from_torchopt(torchopt.adam(0.05))),
+    "sgd": (lambda: sgd(0.3), None),
+    "sgd_tensor_lr": (lambda: sgd(torch.tensor(0.3, dtype=torch.float64)), None),
+    "first_order": (lambda: sgd(0.3), first_order()),
+    "checkpointed": (lambda: sgd(0.3), checkpointed()),
+    "torchopt_momentum": (lambda: from_torchopt(torchopt.sgd(0.2, momentum=0.9)), None),
+    "torchopt_adam": (lambda: from_torchopt(torchopt.adam(0.05)), None),
+    "checkpointed_adam": (lambda: from_torchopt(torchopt.adam(0.05)), checkpointed()),
 }
 
 
@@ -48,8 +49,10 @@ def test_maml_meta_gradient_hand_value():
 
 
 def _task_loss(loss_fn, make_opt, steps):
+    make_opt, mode = make_opt
+
     def task_loss(theta, support, query):
-        return loss_fn(adapt(loss_fn, theta, support, make_opt(), steps=steps), query)
+        return loss_fn(adapt(loss_fn, theta, support, make_opt(), steps=steps, mode=mode), query)
 
     return task_loss
 
@@ -96,7 +99,7 @@ def _explicit_autograd_maml(loss_fn, theta, support, query, lr, steps):
 @pytest.mark.parametrize("strategy", ["vmap", "loop", "chunked"])
 def test_meta_gradient_equals_explicit_autograd(strategy):
     _, loss_fn, theta, support, query = toy_regression()
-    task_loss = _task_loss(loss_fn, lambda: sgd(0.3), steps=3)
+    task_loss = _task_loss(loss_fn, (lambda: sgd(0.3), None), steps=3)
     kwargs = {"chunk_size": 3} if strategy == "chunked" else {}
     _, grads = mo.meta_value_and_grad(task_loss, theta, support, query, strategy=strategy, **kwargs)
     expected = _explicit_autograd_maml(loss_fn, theta, support, query, 0.3, 3)
@@ -106,7 +109,7 @@ def test_meta_gradient_equals_explicit_autograd(strategy):
 def test_first_order_equals_query_gradient_at_adapted_point():
     _, loss_fn, theta, support, query = toy_regression(num_tasks=1)
     s, q = index_task(support, 0), index_task(query, 0)
-    fo = grad(lambda th: loss_fn(adapt(loss_fn, th, s, first_order(sgd(0.3)), steps=3), q))(theta)
+    fo = grad(lambda th: loss_fn(adapt(loss_fn, th, s, sgd(0.3), steps=3, mode=first_order()), q))(theta)
     phi = adapt(loss_fn, theta, s, sgd(0.3), steps=3)
     assert_trees_close(fo, grad(loss_fn)(phi, q))
     so = grad(lambda th: loss_fn(adapt(loss_fn, th, s, sgd(0.3), steps=3), q))(theta)
@@ -117,16 +120,15 @@ def test_first_order_equals_query_gradient_at_adapted_point():
 def test_gradcheck_and_gradgradcheck_through_three_steps(name):
     _, loss_fn, theta, support, query = toy_regression(num_tasks=1)
     s, q = index_task(support, 0), index_task(query, 0)
-    make_opt = OPTIMIZERS[name]
+    make_opt, mode = OPTIMIZERS[name]
 
     def meta_loss(weight):
         params = dict(theta, **{"0.weight": weight})
-        return loss_fn(adapt(loss_fn, params, s, make_opt(), steps=3), q)
+        return loss_fn(adapt(loss_fn, params, s, make_opt(), steps=3, mode=mode), q)
 
     w = theta["0.weight"].clone().requires_grad_()
     assert torch.autograd.gradcheck(meta_loss, (w,))
-    if name != "checkpointed":  # checkpointing is for first derivatives of the meta-loss
-        assert torch.autograd.gradgradcheck(meta_loss, (w,))
+    assert torch.autograd.gradgradcheck(meta_loss, (w,))
 
 
 def test_gradcheck_with_respect_to_learning_rate():
@@ -141,9 +143,10 @@ def test_gradcheck_with_respect_to_learning_rate():
     assert torch.autograd.gradgradcheck(meta_loss, (lr,))
 
     def checkpointed_meta_loss(lr):
-        return loss_fn(adapt(loss_fn, theta, s, checkpointed(sgd(lr)), steps=3), q)
+        return loss_fn(adapt(loss_fn, theta, s, sgd(lr), steps=3, mode=checkpointed()), q)
 
     assert torch.autograd.gradcheck(checkpointed_meta_loss, (lr,))
+    assert torch.autograd.gradgradcheck(checkpointed_meta_loss, (lr,))
 
 
 @pytest.mark.parametrize("elementwise", [True, False])
@@ -152,9 +155,8 @@ def test_meta_sgd_learning_rates_get_the_right_gradient(elementwise):
     s, q = index_task(support, 0), index_task(query, 0)
     lrs = {k: (torch.full_like(v, 0.2) if elementwise else torch.tensor(0.2, dtype=v.dtype)) for k, v in theta.items()}
 
-    def meta_loss(meta, opt_wrapper=lambda o: o):
-        opt = opt_wrapper(meta_sgd(meta["lrs"]))
-        return loss_fn(adapt(loss_fn, meta["params"], s, opt, steps=2), q)
+    def meta_loss(meta, mode=None):
+        return loss_fn(adapt(loss_fn, meta["params"], s, meta_sgd(meta["lrs"]), steps=2, mode=mode), q)
 
     meta = {"params": theta, "lrs": lrs}
     g = grad(meta_loss)(meta)
@@ -169,7 +171,7 @@ def test_meta_sgd_learning_rates_get_the_right_gradient(elementwise):
     fd = (plus - minus) / (2 * eps)
     assert g["lrs"][key].reshape(-1)[0].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-10)
     # the checkpointed loop gives the same meta-gradient, lrs included
-    g_ckpt = grad(lambda m: meta_loss(m, checkpointed))(meta)
+    g_ckpt = grad(lambda m: meta_loss(m, checkpointed()))(meta)
     assert_trees_close(g, g_ckpt)
 
 

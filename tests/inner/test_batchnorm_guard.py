@@ -73,7 +73,7 @@ def test_first_order_and_groupnorm_are_allowed_under_vmap():
     loss_fn, theta, tasks = _problem("bn")
 
     def fo_task_loss(th, x, y):
-        return loss_fn(adapt(loss_fn, th, (x, y), first_order(sgd(0.4)), steps=1), (x, y))
+        return loss_fn(adapt(loss_fn, th, (x, y), sgd(0.4), steps=1, mode=first_order()), (x, y))
 
     mo.meta_value_and_grad(fo_task_loss, theta, *tasks, strategy="vmap")  # no error
 

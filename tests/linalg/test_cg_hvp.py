@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.func import hessian, vmap
 
-from metaops.implicit import cg, hvp
+from metaops.linalg import cg, hvp
 from metaops.tree import tree_ravel
 
 

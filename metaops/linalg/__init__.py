@@ -3,7 +3,7 @@
 The iMAML inner-loop mode itself is [metaops.inner.implicit][].
 """
 
-from metaops.implicit._cg import cg
-from metaops.implicit._hvp import hvp
+from metaops.linalg._cg import cg
+from metaops.linalg._hvp import hvp
 
 __all__ = ["cg", "hvp"]
