@@ -1,8 +1,8 @@
 """Score-function estimators for meta-gradients in RL: DiCE, Loaded DiCE, LVC and REINFORCE.
 
 All estimators are pure functions on rollout tensors shaped ``(..., T)`` (time last), accept a
-padding ``mask``, return one value per trajectory to **maximise**, and work under
-``torch.func.grad``, ``vmap`` and ``.backward()``.
+right-padded ``mask`` (one trajectory per row, ``1...1 0...0``), return one value per trajectory
+to **maximise**, and work under ``torch.func.grad``, ``vmap`` and ``.backward()``.
 """
 
 from metaops.estimators._dice import dice_objective, loaded_dice_objective, magic_box

@@ -107,6 +107,8 @@ def dice_objective(
         gamma: Discount $\gamma \in [0, 1]$.
         baseline: Optional $b_t$, shape `(..., T)`; gradients are stopped through it.
         mask: Optional padding mask `(..., T)`, bool or float, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
 
     Returns:
         The objective, shape `(...)` (one value per trajectory). **Maximise** it; as a loss use
@@ -115,7 +117,8 @@ def dice_objective(
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
         ValueError: If the shapes differ, ``gamma`` is outside $[0, 1]$, the mask is all zeros,
-            or (eagerly) rewards or log-probabilities are non-finite at real steps.
+            or (eagerly) a mask row has a 0 followed by a 1, or rewards or log-probabilities
+            are non-finite at real steps.
 
     Examples:
         >>> log_probs = torch.zeros(2, 3, requires_grad=True)
@@ -138,6 +141,7 @@ def dice_objective(
         log_probs,
         mask=mask,
         finite=("log_probs", "rewards", "baseline"),
+        right_padded=True,
         rewards=rewards,
         baseline=baseline,
     )
@@ -188,6 +192,8 @@ def loaded_dice_objective(
         decay: $\lambda \in [0, 1]$, the discount on the dependence of later advantages on
             earlier actions.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
 
     Returns:
         The objective, shape `(...)`, value zero. **Maximise** it.
@@ -195,7 +201,8 @@ def loaded_dice_objective(
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
         ValueError: If the shapes differ, ``gamma`` or ``decay`` is outside $[0, 1]$, the mask is
-            all zeros, or (eagerly) the inputs are non-finite at real steps.
+            all zeros, or (eagerly) a mask row has a 0 followed by a 1, or the inputs are
+            non-finite at real steps.
 
     Examples:
         >>> log_probs = torch.zeros(3, requires_grad=True)
@@ -215,6 +222,7 @@ def loaded_dice_objective(
         log_probs,
         mask=mask,
         finite=("log_probs", "advantages"),
+        right_padded=True,
         advantages=advantages,
     )
     if not isinstance(decay, (int, float)) or not 0.0 <= float(decay) <= 1.0:

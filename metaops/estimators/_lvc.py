@@ -36,14 +36,16 @@ def lvc_objective(log_probs: Tensor, advantages: Tensor, *, mask: Tensor | None 
         advantages: $A_t$, shape `(..., T)`; treated as constants. For the exact gradient of the
             discounted return, include the $\gamma^t$ factor (reward to go discounted from 0).
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
 
     Returns:
         The objective, shape `(...)`. **Maximise** it; as a loss use ``-lvc_objective(...)``.
 
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
-        ValueError: If the shapes differ, the mask is all zeros, or (eagerly) the inputs are
-            non-finite at real steps.
+        ValueError: If the shapes differ, the mask is all zeros, or (eagerly) a mask row has a 0
+            followed by a 1, or the inputs are non-finite at real steps.
 
     Examples:
         >>> log_probs = torch.zeros(3, requires_grad=True)
@@ -57,7 +59,12 @@ def lvc_objective(log_probs: Tensor, advantages: Tensor, *, mask: Tensor | None 
         Rothfuss et al., "ProMP: Proximal Meta-Policy Search", ICLR 2019.
     """
     bool_mask = check_rollout(
-        "log_probs", log_probs, mask=mask, finite=("log_probs", "advantages"), advantages=advantages
+        "log_probs",
+        log_probs,
+        mask=mask,
+        finite=("log_probs", "advantages"),
+        right_padded=True,
+        advantages=advantages,
     )
     log_probs = apply_mask(log_probs, bool_mask)
     advantages = apply_mask(advantages.detach(), bool_mask)
@@ -90,14 +97,16 @@ def likelihood_ratio_objective(
             `(..., T)`; treated as constants.
         advantages: $A_t$, shape `(..., T)`; treated as constants.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
 
     Returns:
         The objective, shape `(...)`. **Maximise** it.
 
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
-        ValueError: If the shapes differ, the mask is all zeros, or (eagerly) the inputs are
-            non-finite at real steps.
+        ValueError: If the shapes differ, the mask is all zeros, or (eagerly) a mask row has a 0
+            followed by a 1, or the inputs are non-finite at real steps.
 
     Examples:
         >>> log_probs = torch.log(torch.tensor([0.5, 0.25]))
@@ -115,6 +124,7 @@ def likelihood_ratio_objective(
         log_probs,
         mask=mask,
         finite=("log_probs", "old_log_probs", "advantages"),
+        right_padded=True,
         old_log_probs=old_log_probs,
         advantages=advantages,
     )

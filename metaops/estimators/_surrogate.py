@@ -35,6 +35,8 @@ def score_function_objective(log_probs: Tensor, advantages: Tensor, *, mask: Ten
         log_probs: $\log\pi_\theta(a_t\mid s_t)$, shape `(..., T)`, carrying the graph.
         advantages: $A_t$, shape `(..., T)`; treated as constants.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
 
     Returns:
         The surrogate, shape `(...)` (its value is not an estimate of the return).
@@ -42,8 +44,8 @@ def score_function_objective(log_probs: Tensor, advantages: Tensor, *, mask: Ten
 
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
-        ValueError: If the shapes differ, the mask is all zeros, or (eagerly) the inputs are
-            non-finite at real steps.
+        ValueError: If the shapes differ, the mask is all zeros, or (eagerly) a mask row has a 0
+            followed by a 1, or the inputs are non-finite at real steps.
 
     Examples:
         >>> import torch
@@ -61,7 +63,12 @@ def score_function_objective(log_probs: Tensor, advantages: Tensor, *, mask: Ten
         Rothfuss et al., "ProMP: Proximal Meta-Policy Search", ICLR 2019 (Hessian terms).
     """
     bool_mask = check_rollout(
-        "log_probs", log_probs, mask=mask, finite=("log_probs", "advantages"), advantages=advantages
+        "log_probs",
+        log_probs,
+        mask=mask,
+        finite=("log_probs", "advantages"),
+        right_padded=True,
+        advantages=advantages,
     )
     log_probs = apply_mask(log_probs, bool_mask)
     advantages = apply_mask(advantages.detach(), bool_mask)

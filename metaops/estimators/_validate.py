@@ -62,8 +62,13 @@ def check_finite(name: str, x: Tensor) -> None:
         raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
 
 
-def as_mask(mask: Tensor | None, ref_name: str, ref: Tensor) -> Tensor | None:
-    """Validates a padding mask and returns it as a boolean tensor (or ``None``)."""
+def as_mask(mask: Tensor | None, ref_name: str, ref: Tensor, *, right_padded: bool = False) -> Tensor | None:
+    """Validates a padding mask and returns it as a boolean tensor (or ``None``).
+
+    With ``right_padded``, a row with a 0 followed by a 1 (a gap, i.e. a second episode in the
+    row) raises ``ValueError``. Both value checks share one host sync and, like the other value
+    checks, are skipped for a mask wrapped by a ``torch.func`` transform or under compilation.
+    """
     if mask is None:
         return None
     if not isinstance(mask, Tensor):
@@ -72,8 +77,23 @@ def as_mask(mask: Tensor | None, ref_name: str, ref: Tensor) -> Tensor | None:
         raise TypeError(f"mask must be bool or real, got dtype {mask.dtype}")
     check_same_shape(ref_name, ref, mask=mask)
     mask = mask if mask.dtype == torch.bool else mask != 0
-    if _is_plain(mask) and not bool(mask.any()):
-        raise ValueError("mask is all zeros: every step of the batch is padding")
+    if _is_plain(mask):
+        flags = [~mask.any()]
+        if right_padded:
+            restarts = mask[..., 1:] & ~mask[..., :-1]  # a real step right after a padded one
+            flags.append(restarts.any())
+        empty, *gap = torch.stack(flags).tolist()
+        if empty:
+            raise ValueError("mask is all zeros: every step of the batch is padding")
+        if gap and gap[0]:
+            *row, step = (int(i) for i in restarts.nonzero()[0])
+            where = f"mask[{', '.join(map(str, row))}]" if row else "mask"
+            raise ValueError(
+                "mask must be right-padded (each row is one trajectory, 1...1 0...0: it may end "
+                f"early but never restart), but {where} has a 0 followed by a 1 (step {step + 1} is "
+                "real after padding). Put one trajectory per row: split the episodes into separate "
+                "rows, each padded at its end only"
+            )
     return mask
 
 
@@ -91,12 +111,14 @@ def check_rollout(
     mask: Tensor | None = None,
     finite: tuple[str, ...] = (),
     optional: tuple[str, ...] = ("baseline",),
+    right_padded: bool = False,
     **others: Tensor | None,
 ) -> Tensor | None:
     """Checks a set of ``(..., T)`` rollout tensors; returns the boolean mask (or ``None``).
 
     ``ref`` and ``others`` must be floating tensors of one shape with time last. The tensors named
-    in ``finite`` must hold finite values at the real (unmasked) steps.
+    in ``finite`` must hold finite values at the real (unmasked) steps. With ``right_padded``, the
+    mask must hold one trajectory per row (see ``as_mask``).
     """
     check_float(ref_name, ref)
     check_time_dim(ref_name, ref)
@@ -111,7 +133,7 @@ def check_rollout(
                     "use one floating dtype for all rollout tensors"
                 )
     check_same_shape(ref_name, ref, **others)
-    bool_mask = as_mask(mask, ref_name, ref)
+    bool_mask = as_mask(mask, ref_name, ref, right_padded=right_padded)
     tensors = {ref_name: ref, **others}
     for name in finite:
         x = tensors[name]

@@ -16,8 +16,6 @@ __all__ = [
     "LinearFeatureBaseline",
 ]
 
-_RETRIES = 5
-
 
 def linear_baseline_features(observations: Tensor) -> Tensor:
     r"""Builds the features $[\,o,\ o^2,\ \tau,\ \tau^2,\ \tau^3,\ 1\,]$ of each step.
@@ -26,7 +24,9 @@ def linear_baseline_features(observations: Tensor) -> Tensor:
     the episode (the position along the time axis), as in rllab's ``LinearFeatureBaseline``.
 
     Args:
-        observations: Shape `(..., T, obs_dim)`, episodes starting at index 0.
+        observations: Shape `(..., T, obs_dim)`, one episode per row starting at index 0
+            (right padding: a row may end early, never restart; put separate episodes in
+            separate rows).
 
     Returns:
         Features of shape `(..., T, 2 * obs_dim + 4)`.
@@ -63,31 +63,39 @@ def fit_linear_baseline(
     For the features $\Phi$ of [metaops.rl.linear_baseline_features][] over all real steps of
     all episodes of a task, solves
 
-    $$w = (\Phi^\top \Phi + \rho I)^{-1} \Phi^\top G$$
+    $$w = (\Phi^\top \Phi + \rho I)^{-1} \Phi^\top G .$$
 
-    for $\rho = \rho_0, 10\rho_0, \dots, 10^4\rho_0$ and keeps, per task, the first solution
-    that is finite: the standard retry on ill-conditioning, done without data-dependent
-    branching (all five systems are solved in one batch), so it vmaps. Padded steps are
-    excluded. The fit is outside the graph (inputs are detached).
+    The features, $\Phi^\top \Phi$ and the solve are always computed in float64, whatever the
+    input dtype, as in rllab: the time polynomial $\tau, \tau^2, \tau^3$ next to observations
+    of magnitude ~10 makes $\Phi^\top \Phi$ so badly conditioned that a float32 fit can
+    explain less of the returns than a constant. With $\rho > 0$ the system is positive
+    definite, so the solution is finite (no retry with a larger $\rho$ is needed). Padded steps
+    are excluded. The fit is outside the graph (inputs are detached) and it vmaps.
 
     Args:
         observations: Shape `(..., E, T, obs_dim)`: per task (leading dims), $E$ episodes.
         returns: Discounted returns $G_t$ to regress, shape `(..., E, T)`.
         mask: Optional padding mask `(..., E, T)`, 1 for real steps and 0 for padding.
-        reg: Initial ridge coefficient $\rho_0 > 0$.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows. Step $t$ of a row gets the time
+            features of $t$.
+        reg: Ridge coefficient $\rho > 0$.
 
     Returns:
-        Coefficients $w$, shape `(..., 2 * obs_dim + 4)`.
+        Coefficients $w$, shape `(..., 2 * obs_dim + 4)`, in the dtype of ``observations``.
 
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
         ValueError: If the shapes do not match, ``reg`` is not positive, the mask is all zeros,
-            or (eagerly) returns or observations are non-finite at real steps.
+            or (eagerly) a mask row has a 0 followed by a 1, or returns or observations are
+            non-finite at real steps.
 
     Examples:
         >>> obs = torch.linspace(-1, 1, 8).reshape(2, 4, 1)  # 2 episodes of 4 steps
         >>> returns = 3.0 * obs[..., 0] + 1.0
         >>> w = fit_linear_baseline(obs, returns)
+        >>> w.dtype
+        torch.float32
         >>> torch.allclose(predict_linear_baseline(w, obs), returns, atol=1e-3)
         True
     """
@@ -97,42 +105,25 @@ def fit_linear_baseline(
             "observations must have shape (..., E, T, obs_dim) matching returns (..., E, T); "
             f"got {tuple(observations.shape)} and {tuple(returns.shape)}"
         )
-    bool_mask = check_rollout("returns", returns, mask=mask, finite=("returns",))
+    bool_mask = check_rollout("returns", returns, mask=mask, finite=("returns",), right_padded=True)
     if observations.dtype != returns.dtype:
         raise TypeError(f"observations has dtype {observations.dtype} but returns has dtype {returns.dtype}")
     if not isinstance(reg, (int, float)) or reg <= 0:
         raise ValueError(f"reg must be a positive float, got {reg!r}")
-    obs = observations.detach()
+    obs = observations.detach().to(torch.float64)
+    targets = returns.detach().to(torch.float64)
     if bool_mask is not None:
         obs = torch.where(bool_mask.unsqueeze(-1), obs, torch.zeros((), dtype=obs.dtype))
     weights = 1.0 if bool_mask is None else bool_mask.to(obs.dtype).unsqueeze(-1)
     features = linear_baseline_features(obs) * weights  # padded rows are zero
-    targets = apply_mask(returns.detach(), bool_mask)
+    targets = apply_mask(targets, bool_mask)
     features = features.flatten(-3, -2)  # (..., E*T, F)
     targets = targets.flatten(-2, -1)  # (..., E*T)
     gram = features.mT @ features  # (..., F, F)
-    rhs = (features.mT @ targets.unsqueeze(-1)).squeeze(-1)  # (..., F)
-    n = gram.shape[-1]
-    regs = reg * 10.0 ** torch.arange(_RETRIES, dtype=gram.dtype, device=gram.device)
-    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-    systems = gram.unsqueeze(-3) + regs[:, None, None] * eye  # (..., R, F, F)
-    solutions = torch.linalg.lstsq(
-        systems, rhs.unsqueeze(-2).unsqueeze(-1).expand(*systems.shape[:-1], 1)
-    ).solution.squeeze(-1)  # (..., R, F)
-    return _first_finite(solutions)
-
-
-def _first_finite(solutions: Tensor) -> Tensor:
-    """(..., R, F) -> (..., F): the first candidate that is all finite (else the last one).
-
-    The retry of rllab (``reg *= 10`` until the solution has no NaN) without branching.
-    """
-    retries, n = solutions.shape[-2:]
-    finite = torch.isfinite(solutions).all(-1)  # (..., R)
-    order = torch.arange(retries, device=solutions.device)
-    first = torch.where(finite, order, retries - 1).min(-1).values
-    index = first[..., None, None].expand(*solutions.shape[:-2], 1, n)
-    return solutions.gather(-2, index).squeeze(-2)
+    rhs = features.mT @ targets.unsqueeze(-1)  # (..., F, 1)
+    eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
+    coeffs = torch.linalg.solve(gram + reg * eye, rhs).squeeze(-1)  # (..., F)
+    return coeffs.to(observations.dtype)
 
 
 def predict_linear_baseline(coeffs: Tensor, observations: Tensor) -> Tensor:

@@ -29,15 +29,16 @@ def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = N
     r"""Computes the discounted rewards to go $G_t = \sum_{t' \ge t} \gamma^{t'-t} r_{t'}$.
 
     Computed by the backward recursion $G_t = r_t + \gamma\, m_{t+1}\, G_{t+1}$ (with
-    $G_T = 0$), where $m$ is the mask: a padded step ($m = 0$) cuts the recursion, so padding at
-    the end of an episode contributes nothing (and real steps after a gap start a new episode).
-    Padded entries of the result are zero. This is a data-preparation function: the result is
-    detached.
+    $G_T = 0$), where $m$ is the mask, so the padding after the end of an episode contributes
+    nothing. Padded entries of the result are zero. This is a data-preparation function: the
+    result is detached.
 
     Args:
         rewards: $r_t$, shape `(..., T)`.
         gamma: Discount $\gamma \in [0, 1]$.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
 
     Returns:
         $G_t$, shape `(..., T)`, detached (zero on padding).
@@ -45,7 +46,8 @@ def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = N
     Raises:
         TypeError: If ``rewards`` is not floating point.
         ValueError: If the shapes differ, ``gamma`` is outside $[0, 1]$, the mask is all zeros,
-            or (eagerly) rewards are non-finite at real steps.
+            or (eagerly) a mask row has a 0 followed by a 1, or rewards are non-finite at real
+            steps.
 
     Examples:
         >>> rewards = torch.tensor([[1.0, 1.0, 1.0], [1.0, 2.0, 9.0]])
@@ -54,7 +56,7 @@ def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = N
         tensor([[1.7500, 1.5000, 1.0000],
                 [2.0000, 2.0000, 0.0000]])
     """
-    bool_mask = check_rollout("rewards", rewards, mask=mask, finite=("rewards",))
+    bool_mask = check_rollout("rewards", rewards, mask=mask, finite=("rewards",), right_padded=True)
     gamma = _check_unit("gamma", gamma)
     rewards = apply_mask(rewards.detach(), bool_mask)
     continues = _continues(bool_mask, rewards)
@@ -93,6 +95,8 @@ def gae(
         gamma: Discount $\gamma \in [0, 1]$.
         gae_lambda: $\lambda \in [0, 1]$.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
+            Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
+            restart); put separate episodes in separate rows.
         last_values: Optional bootstrap values, shape `(...)`, used after each episode's last
             real step; zeros when omitted.
 
@@ -102,7 +106,8 @@ def gae(
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
         ValueError: If the shapes differ, a hyperparameter is outside $[0, 1]$, the mask is all
-            zeros, or (eagerly) rewards or values are non-finite at real steps.
+            zeros, or (eagerly) a mask row has a 0 followed by a 1, or rewards or values are
+            non-finite at real steps.
 
     Examples:
         >>> rewards = torch.tensor([1.0, 1.0, 1.0])
@@ -116,7 +121,9 @@ def gae(
         Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
         Estimation", ICLR 2016.
     """
-    bool_mask = check_rollout("rewards", rewards, mask=mask, finite=("rewards", "values"), values=values)
+    bool_mask = check_rollout(
+        "rewards", rewards, mask=mask, finite=("rewards", "values"), right_padded=True, values=values
+    )
     gamma = _check_unit("gamma", gamma)
     gae_lambda = _check_unit("gae_lambda", gae_lambda)
     rewards = apply_mask(rewards.detach(), bool_mask)
@@ -147,7 +154,7 @@ def normalize_advantages(
     advantages: Tensor,
     *,
     mask: Tensor | None = None,
-    dim: int | tuple[int, ...] | None = None,
+    dim: int | tuple[int, ...] | None = (-2, -1),
     eps: float = 1e-8,
 ) -> Tensor:
     r"""Standardises advantages to zero mean and unit variance over the real steps, detached.
@@ -155,23 +162,31 @@ def normalize_advantages(
     $$\hat A = \frac{A - \mu}{\sigma + \epsilon}, \qquad
       \mu = \frac{\sum m A}{\sum m}, \quad \sigma^2 = \frac{\sum m (A - \mu)^2}{\sum m},$$
 
-    with sums over ``dim`` (all dimensions by default). Normalise **per task**: give the task
-    batch dimension a separate slice, e.g. for advantages shaped `(tasks, episodes, T)` pass
-    ``dim=(-2, -1)``. The statistics are computed outside the graph (the result is detached).
+    with sums over ``dim``. The default normalises **per task**: for advantages shaped
+    `(..., E, T)` (a task's $E$ episodes of $T$ steps, as for
+    [metaops.rl.fit_linear_baseline][]) the statistics are taken over each task's episodes and
+    steps, the last two dimensions, so tasks with different reward scales do not mix; every
+    leading dimension (e.g. `tasks` in `(tasks, E, T)`) indexes a separate slice. A 1-D `(T,)`
+    input is one episode. Pass ``dim=None`` to normalise over all dimensions at once (across
+    tasks), or ``dim=-1`` for per-episode statistics. The statistics are computed outside the
+    graph (the result is detached).
 
     Args:
-        advantages: $A_t$, shape `(..., T)`.
-        mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
-        dim: Dimensions to normalise over; ``None`` for all.
+        advantages: $A_t$, shape `(..., E, T)` or `(T,)`.
+        mask: Optional padding mask shaped like ``advantages``, 1 for real steps and 0 for
+            padding. Right padding: each row is one trajectory, `1...1 0...0` (it may end early,
+            never restart); put separate episodes in separate rows.
+        dim: Dimensions to normalise over: the last two (per task) by default; ``None`` for all
+            dimensions (across tasks).
         eps: $\epsilon$ added to the standard deviation.
 
     Returns:
-        Normalised advantages, shape `(..., T)`, detached (zero on padding).
+        Normalised advantages shaped like ``advantages``, detached (zero on padding).
 
     Raises:
         TypeError: If ``advantages`` is not floating point.
-        ValueError: If the mask is all zeros, or (eagerly) the advantages are non-finite at real
-            steps or some normalised slice has no real step.
+        ValueError: If the mask is all zeros, or (eagerly) a mask row has a 0 followed by a 1, the
+            advantages are non-finite at real steps or some normalised slice has no real step.
 
     Examples:
         >>> advantages = torch.tensor([[1.0, 3.0, 100.0], [2.0, 6.0, 4.0]])
@@ -179,11 +194,25 @@ def normalize_advantages(
         >>> normalize_advantages(advantages, mask=mask, dim=-1)
         tensor([[-1.0000,  1.0000,  0.0000],
                 [-1.2247,  1.2247,  0.0000]])
+        >>> two_tasks = torch.tensor([[[1.0, 3.0]], [[100.0, 300.0]]])  # (tasks, E, T)
+        >>> normalize_advantages(two_tasks)  # per task: the scales do not mix
+        tensor([[[-1.,  1.]],
+        <BLANKLINE>
+                [[-1.,  1.]]])
+        >>> normalize_advantages(two_tasks, dim=None)  # across tasks: task 0 is flattened
+        tensor([[[-0.8220, -0.8055]],
+        <BLANKLINE>
+                [[-0.0082,  1.6357]]])
     """
-    bool_mask = check_rollout("advantages", advantages, mask=mask, finite=("advantages",))
+    bool_mask = check_rollout("advantages", advantages, mask=mask, finite=("advantages",), right_padded=True)
     advantages = apply_mask(advantages.detach(), bool_mask)
     weights = torch.ones_like(advantages) if bool_mask is None else bool_mask.to(advantages.dtype)
-    dims = tuple(range(advantages.dim())) if dim is None else dim
+    if dim is None:
+        dims = tuple(range(advantages.dim()))
+    elif dim == (-2, -1) and advantages.dim() == 1:
+        dims = (-1,)  # the per-task default on a single episode
+    else:
+        dims = dim
     count = weights.sum(dims, keepdim=True)
     if bool_mask is not None and _is_plain(count):
         if bool((count == 0).any()):

@@ -154,6 +154,22 @@ def test_all_masked_batch_raises(name):
         ESTIMATORS[name](_log_probs(theta), x, y, torch.zeros_like(mask))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_gap_in_the_mask_raises(name):
+    """Right padding only: a row is one trajectory, so 1 0 0 1 ... is rejected (not read as two)."""
+    theta, x, y, mask = _data()
+    gap = mask.clone()
+    gap[2, 3] = True  # row 2 is 1 0 0 1 0: a second episode after padding
+    message = r"right-padded.*mask\[2\] has a 0 followed by a 1 \(step 3.*separate rows"
+    with pytest.raises(ValueError, match=message):
+        ESTIMATORS[name](_log_probs(theta), x, y, gap)
+    with pytest.raises(ValueError, match=message):
+        ESTIMATORS[name](_log_probs(theta), x, y, gap.to(DTYPE))
+    # a leading pad is a gap too (episodes start at step 0)
+    with pytest.raises(ValueError, match="right-padded"):
+        ESTIMATORS[name](_log_probs(theta), x, y, torch.roll(mask, 1, -1))
+
+
 def test_bad_hyperparameters_raise():
     lp, r = torch.zeros(4), torch.ones(4)
     with pytest.raises(ValueError, match="gamma"):

@@ -13,7 +13,6 @@ from metaops.rl import (
     linear_baseline_features,
     predict_linear_baseline,
 )
-from metaops.rl._baseline import _first_finite
 
 D = torch.float64
 
@@ -96,12 +95,55 @@ def test_batched_over_tasks_equals_loop():
     torch.testing.assert_close(values[1], predict_linear_baseline(looped[1], obs[1]))
 
 
-def test_retry_takes_the_first_finite_solution():
-    sols = torch.tensor(
-        [[[torch.nan, 1.0], [2.0, 3.0], [4.0, 5.0]], [[6.0, 7.0], [8.0, 9.0], [0.0, 0.0]]],
-        dtype=D,
-    )
-    torch.testing.assert_close(_first_finite(sols), torch.tensor([[2.0, 3.0], [6.0, 7.0]], dtype=D))
+def _badly_conditioned(seed):
+    """HalfCheetah-like data: T = 200 steps (tau up to 2), observations of magnitude ~10."""
+    g = torch.Generator().manual_seed(seed)
+    E, T, obs_dim = 20, 200, 4
+    obs = (9.0 + torch.randn(E, T, obs_dim, generator=g, dtype=D)).float()
+    rewards = 1.0 + 0.5 * (obs[..., 0].double() - 9.0) + 0.1 * torch.randn(E, T, generator=g, dtype=D)
+    lengths = torch.randint(150, T + 1, (E,), generator=g)
+    mask = torch.arange(T) < lengths[:, None]
+    returns = torch.zeros(E, T, dtype=D)  # discounted rewards to go, by the definition
+    for t in reversed(range(T)):
+        following = returns[:, t + 1] if t + 1 < T else torch.zeros(E, dtype=D)
+        returns[:, t] = torch.where(mask[:, t], rewards[:, t] + 0.99 * following, 0.0)
+    return obs, returns.float(), mask
+
+
+def _r2(pred, target, mask):
+    pred, target = pred[mask].double(), target[mask].double()
+    return float(1 - ((pred - target) ** 2).sum() / ((target - target.mean()) ** 2).sum())
+
+
+def test_float32_fit_matches_the_float64_fit_on_badly_conditioned_features():
+    """Regression: a float32 normal-equation fit explained as little as R^2 = 0.05 here."""
+    for seed in range(3):
+        obs, returns, mask = _badly_conditioned(seed)
+        reference = fit_linear_baseline(obs.double(), returns.double(), mask=mask)
+        coeffs = fit_linear_baseline(obs, returns, mask=mask)
+        assert coeffs.dtype == torch.float32
+        torch.testing.assert_close(coeffs, reference.float(), rtol=1e-5, atol=1e-4)
+        r2_64 = _r2(predict_linear_baseline(reference, obs.double()), returns, mask)
+        r2_32 = _r2(predict_linear_baseline(coeffs, obs), returns, mask)
+        assert r2_64 > 0.85
+        assert abs(r2_32 - r2_64) < 1e-5
+    # and it still vmaps over tasks, in float32
+    tasks = [_badly_conditioned(seed) for seed in range(2)]
+    stacked = [torch.stack(x) for x in zip(*tasks, strict=True)]
+    vmapped = vmap(lambda o, r, m: fit_linear_baseline(o, r, mask=m))(*stacked)
+    assert vmapped.dtype == torch.float32
+    torch.testing.assert_close(vmapped, torch.stack([fit_linear_baseline(o, r, mask=m) for o, r, m in tasks]))
+
+
+def test_a_gap_in_the_mask_raises():
+    """One trajectory per row: a 0 followed by a 1 would give the time features of the wrong t."""
+    obs, returns, mask, _ = _episodes(4)
+    gap = mask.clone()
+    gap[1, 1] = False  # episode 1 (length 3) now "restarts" at step 2
+    with pytest.raises(ValueError, match=r"right-padded.*mask\[1\] has a 0 followed by a 1.*separate rows"):
+        fit_linear_baseline(obs, returns, mask=gap)
+    with pytest.raises(ValueError, match="right-padded"):
+        LinearFeatureBaseline.fit(obs, returns, mask=gap)
 
 
 def test_fit_is_outside_the_graph():

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.func import vmap
 
+from metaops.estimators import dice_objective
 from metaops.rl import discounted_returns, gae, normalize_advantages
 
 D = torch.float64
@@ -90,19 +91,79 @@ def test_returns_equal_per_episode_computation():
         torch.testing.assert_close(adv[i, :n], gae(r[i, :n], v[i, :n], gamma=0.9, gae_lambda=0.7))
 
 
-def test_normalize_advantages_per_task():
-    g = torch.Generator().manual_seed(3)
+def _task_batch(seed=3):
+    """(tasks, episodes, T) advantages of very different scales, right-padded."""
+    g = torch.Generator().manual_seed(seed)
     adv = torch.randn(2, 5, 8, generator=g, dtype=D) * torch.tensor([1.0, 50.0], dtype=D)[:, None, None]
-    mask = torch.rand(2, 5, 8, generator=g) > 0.3
-    out = normalize_advantages(adv, mask=mask, dim=(-2, -1))
+    adv = adv + torch.tensor([0.0, 30.0], dtype=D)[:, None, None]
+    lengths = torch.randint(1, 9, (2, 5), generator=g)
+    mask = torch.arange(8) < lengths[..., None]
+    return adv, mask
+
+
+def test_normalize_advantages_is_per_task_by_default():
+    adv, mask = _task_batch()
+    out = normalize_advantages(adv, mask=mask)
     for k in range(2):
         real = out[k][mask[k]]
         torch.testing.assert_close(real.mean(), torch.zeros((), dtype=D), atol=1e-12, rtol=0)
         torch.testing.assert_close(real.std(unbiased=False), torch.ones((), dtype=D))
+        # each task is normalised as if it were alone
+        torch.testing.assert_close(out[k], normalize_advantages(adv[k], mask=mask[k]))
+    torch.testing.assert_close(out, normalize_advantages(adv, mask=mask, dim=(-2, -1)))
     assert torch.all(out[~mask] == 0)
     # it is outside the graph
     x = adv.clone().requires_grad_(True)
     assert not normalize_advantages(x).requires_grad
+
+
+def test_normalize_advantages_across_tasks_with_dim_none():
+    adv, mask = _task_batch()
+    out = normalize_advantages(adv, mask=mask, dim=None)
+    real = out[mask]
+    torch.testing.assert_close(real.mean(), torch.zeros((), dtype=D), atol=1e-12, rtol=0)
+    torch.testing.assert_close(real.std(unbiased=False), torch.ones((), dtype=D))
+    assert out[0][mask[0]].abs().max() < 0.5  # the small-scale task is squashed
+    # a single episode (T,) is normalised over its steps by default
+    one = normalize_advantages(adv[0, 0])
+    torch.testing.assert_close(one, (adv[0, 0] - adv[0, 0].mean()) / (adv[0, 0].std(unbiased=False) + 1e-8))
+
+
+def _gap_mask():
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    mask[1, 3:] = False  # right padding: fine
+    mask[0, 1] = False  # 1 0 1 1 1: a second episode in row 0
+    return mask
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda r, m: discounted_returns(r, gamma=0.9, mask=m),
+        lambda r, m: gae(r, r, gamma=0.9, gae_lambda=0.7, mask=m),
+        lambda r, m: normalize_advantages(r, mask=m),
+    ],
+    ids=["returns", "gae", "normalize"],
+)
+def test_a_gap_in_the_mask_raises(fn):
+    """One trajectory per row (right padding), the rule of the estimators and the baseline too."""
+    r = torch.ones(2, 5, dtype=D)
+    with pytest.raises(ValueError, match=r"right-padded.*mask\[0\] has a 0 followed by a 1.*separate rows"):
+        fn(r, _gap_mask())
+    with pytest.raises(ValueError, match="right-padded"):
+        fn(r, _gap_mask().to(D))  # float masks too
+    right_padded = _gap_mask()
+    right_padded[0] = True
+    assert fn(r, right_padded).shape == r.shape
+
+
+def test_returns_agree_with_the_dice_value_on_right_padded_masks():
+    """discounted_returns and dice_objective read a mask row the same way (one trajectory)."""
+    g = torch.Generator().manual_seed(4)
+    r = torch.randn(4, 7, generator=g, dtype=D)
+    mask = torch.arange(7) < torch.tensor([7, 3, 1, 5])[:, None]
+    ret = discounted_returns(r, gamma=0.8, mask=mask)
+    torch.testing.assert_close(ret[:, 0], dice_objective(torch.zeros_like(r), r, gamma=0.8, mask=mask))
 
 
 def test_bad_inputs_raise():
