@@ -103,8 +103,8 @@ class BatchedEnv(abc.ABC):
         >>> env.reset([NavigationTask(goal=(0.2, 0.0))], seeds=np.array([0, 1])).shape
         (2, 2)
         >>> out = env.step(np.full((2, 2), 0.1), active=np.array([True, True]))
-        >>> out.rewards.round(3).tolist()
-        [-0.1, -0.1]
+        >>> out.rewards.round(3).tolist()  # both at (0.1, 0.1): distance 0.141 to the goal
+        [-0.141, -0.141]
     """
 
     name: str

@@ -18,7 +18,7 @@ __all__ = ["EpisodeBatch", "sample_episodes"]
 
 @dataclass(frozen=True)
 class EpisodeBatch:
-    """Episodes for a batch of tasks, shaped `(task, episode, time, ...)`.
+    r"""Episodes for a batch of tasks, shaped `(task, episode, time, ...)`.
 
     Time steps after an episode terminated are padding: `mask` is 0 there and every
     other field is 0 (`False`).
@@ -30,7 +30,7 @@ class EpisodeBatch:
         actions: $a_t$ as sampled by the policy (before clipping to the action
             bounds for the environment), `(task, episode, time, action_dim)`.
         rewards: $r_t$, `(task, episode, time)`.
-        log_probs: $\\log\\pi(a_t \\mid s_t)$ at sampling time (no graph),
+        log_probs: $\log\pi(a_t \mid s_t)$ at sampling time (no graph),
             `(task, episode, time)`.
         mask: 1.0 for real steps, 0.0 for padding, `(task, episode, time)`.
         terminated: `True` at the step where an episode reached a terminal state.
@@ -68,7 +68,7 @@ class EpisodeBatch:
 
     @property
     def returns(self) -> Tensor:
-        """Undiscounted episode returns $\\sum_t r_t$, `(task, episode)`."""
+        r"""Undiscounted episode returns $\sum_t r_t$, `(task, episode)`."""
         return (self.rewards * self.mask).sum(-1)
 
     @property

@@ -104,7 +104,7 @@ class NavigationTask(_TaskMixin):
 
 @dataclass(frozen=True)
 class VelocityTask(_TaskMixin):
-    """A target forward velocity $v_\\text{goal}$ (m/s) for a runner.
+    r"""A target forward velocity $v_\text{goal}$ (m/s) for a runner.
 
     Args:
         velocity: Target velocity along $x$.
@@ -143,7 +143,7 @@ class DirectionTask(_TaskMixin):
 
 @dataclass(frozen=True)
 class Direction2DTask(_TaskMixin):
-    """A unit running direction $d \\in \\mathbb{R}^2$, $\\|d\\|_2 = 1$, in the $xy$ plane.
+    r"""A unit running direction $d \in \mathbb{R}^2$, $\|d\|_2 = 1$, in the $xy$ plane.
 
     Args:
         direction: Unit vector $(d_x, d_y)$; its norm must be 1 within `1e-6`.
@@ -165,7 +165,7 @@ class Direction2DTask(_TaskMixin):
 
 @dataclass(frozen=True)
 class GoalTask(_TaskMixin):
-    """A goal position $g \\in \\mathbb{R}^2$ for a robot's torso in the $xy$ plane.
+    r"""A goal position $g \in \mathbb{R}^2$ for a robot's torso in the $xy$ plane.
 
     Args:
         goal: Goal $(g_x, g_y)$ in metres.
