@@ -53,7 +53,7 @@ class Args:
     meta_lr: float = 1e-3
     """Adam step size of the meta-update"""
     first_order: bool = False
-    """FOMAML: wrap the inner optimizer in metaops.inner.first_order (no second-order terms)"""
+    """FOMAML: adapt with mode=metaops.inner.first_order() (no second-order terms)"""
     hidden: int = 40
     """width of the two hidden layers of the 1-h-h-1 ReLU MLP"""
     eval_tasks: int = 600
@@ -122,10 +122,9 @@ def main(args: Args) -> dict[str, float]:
 
     # --- MAML: adapt on the support set, score the adapted parameters on the query set ----
     def task_loss(params, support, query):
-        inner_opt = mo.inner.sgd(args.inner_lr)
-        if args.first_order:
-            inner_opt = mo.inner.first_order(inner_opt)
-        adapted = mo.inner.adapt(loss_fn, params, support, inner_opt, steps=args.inner_steps)
+        mode = mo.inner.first_order() if args.first_order else mo.inner.unrolled()
+        adapted = mo.inner.adapt(loss_fn, params, support, mo.inner.sgd(args.inner_lr),
+                                 steps=args.inner_steps, mode=mode)
         return loss_fn(adapted, query)
 
     def meta_step(params, support, query):  # mean query loss over the task batch, and its gradient
@@ -169,9 +168,11 @@ def main(args: Args) -> dict[str, float]:
         meta_opt.load_state_dict(ckpt["meta_opt"])
         g.set_state(ckpt["generator"])
         start, log_rows, window = ckpt["iteration"], ckpt["log_rows"], list(ckpt["window"])
+        print(f"resumed from {ckpt_path} at iteration {start}")
     save_json(out / "config.json", asdict(args))
     with RunLogger(out, fields=fields, total=args.iterations, initial=start, rows=log_rows,
-                           tensorboard=args.tensorboard, progress=args.progress, desc="maml_sine") as logger:
+                           tensorboard=args.tensorboard, progress=args.progress, desc="maml_sine",
+                           defer_interrupt=True) as logger:  # Ctrl-C: checkpoint, then stop
 
         def checkpoint(iteration: int) -> None:
             save_checkpoint(ckpt_path, {
@@ -205,8 +206,12 @@ def main(args: Args) -> dict[str, float]:
             logger.advance(1, meta_loss=meta_loss.item())
             if args.compile and it == start + 1:
                 logger.write(f"compile_meta_step: compiled={step_fn.compiled}, took {step_fn.compile_seconds} s")
-            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
+            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
                 checkpoint(it + 1)
+                logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
+        if window:  # iterations after the last full --log-every window (all of a shorter run): logged after the
+            # final checkpoint, so that a longer resumed run replaces this row with the full window's
+            logger.log(args.iterations, {"train/meta_loss": sum(window) / len(window)})
     train_seconds = time.perf_counter() - train_start
 
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --

@@ -167,9 +167,11 @@ def main(args: Args) -> dict[str, float]:
         meta_opt.load_state_dict(ckpt["meta_opt"])
         g.set_state(ckpt["generator"])
         start, log_rows, window = ckpt["iteration"], ckpt["log_rows"], list(ckpt["window"])
+        print(f"resumed from {ckpt_path} at iteration {start}")
     save_json(out / "config.json", asdict(args))
     with RunLogger(out, fields=fields, total=args.iterations, initial=start, rows=log_rows,
-                           tensorboard=args.tensorboard, progress=args.progress, desc="metasgd_sine") as logger:
+                           tensorboard=args.tensorboard, progress=args.progress, desc="metasgd_sine",
+                           defer_interrupt=True) as logger:  # Ctrl-C: checkpoint, then stop
 
         def checkpoint(iteration: int) -> None:
             save_checkpoint(ckpt_path, {
@@ -207,8 +209,14 @@ def main(args: Args) -> dict[str, float]:
             logger.advance(1, meta_loss=meta_loss.item())
             if args.compile and it == start + 1:
                 logger.write(f"compile_meta_step: compiled={step_fn.compiled}, took {step_fn.compile_seconds} s")
-            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
+            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
                 checkpoint(it + 1)
+                logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
+        if window:  # iterations after the last full --log-every window (all of a shorter run): logged after the
+            # final checkpoint, so that a longer resumed run replaces this row with the full window's
+            lrs = mo.tree.tree_leaves(net.learning_rates())
+            mean_lr = (sum(a.sum() for a in lrs) / sum(a.numel() for a in lrs)).item()
+            logger.log(args.iterations, {"train/meta_loss": sum(window) / len(window), "train/mean_lr": mean_lr})
     train_seconds = time.perf_counter() - train_start
 
     # --- final evaluation on held-out tasks: MSE after 1/5/10 steps, 95% confidence interval --

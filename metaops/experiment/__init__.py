@@ -6,6 +6,7 @@ the recipe files so that they show only the algorithm.
 
 from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, load_run_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive, check_same_config
+from metaops.experiment._interrupt import RunInterrupted
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
 from metaops.experiment._stats import (
@@ -22,6 +23,7 @@ __all__ = [
     "load_run_checkpoint",
     "CheckpointError",
     "RunLogger",
+    "RunInterrupted",
     "save_json",
     "mean_confidence_interval",
     "summarize_tasks",

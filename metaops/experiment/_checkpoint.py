@@ -131,10 +131,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - every read failure means the same to the caller
+        # not chained (`from None`): torch's message advises weights_only=False, which would run the file's
+        # code and cannot repair it; the original stays available as __context__
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupt or truncated ({size} bytes; "
-            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
-        ) from error
+            f"checkpoint {str(path)!r} is corrupt or truncated ({size} bytes; {_load_failure(error)})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != _FORMAT or "state" not in payload:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a metaops checkpoint")
     version = payload.get("version")
@@ -144,6 +145,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             f"version {CHECKPOINT_VERSION}; rerun without resuming, or use the metaops that wrote it"
         )
     return payload["state"]
+
+
+def _load_failure(error: Exception) -> str:
+    """The gist of a torch.load error, without its advice to retry with weights_only=False."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:  # the weights-only unpickler rejected the bytes
+        text = "unpickling failed: " + text.split("WeightsUnpickler error:", 1)[1].strip()
+    lines = [line for line in text.splitlines() if line.strip() and "weights_only" not in line]
+    first = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def load_run_checkpoint(
@@ -171,7 +182,8 @@ def load_run_checkpoint(
         The checkpoint's state dict.
 
     Raises:
-        CheckpointError: If the file is missing or corrupt.
+        CheckpointError: If the file is missing or corrupt; the message suggests starting
+            afresh with ``--no-resume`` or deleting the file.
         ValueError: If it belongs to another recipe, another configuration, or a longer run.
 
     Examples:
@@ -185,7 +197,12 @@ def load_run_checkpoint(
         ...
         ValueError: ... was written by recipe 'demo', not other
     """
-    state = load_checkpoint(path)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as error:
+        raise CheckpointError(
+            f"{error}; cannot resume from it: rerun with --no-resume to start afresh, or delete {str(path)!r}"
+        ) from None
     if state.get("recipe") != recipe:
         raise ValueError(f"{path} was written by recipe {state.get('recipe')!r}, not {recipe}")
     check_same_config(state["config"], config, ignore=ignore)

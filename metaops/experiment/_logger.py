@@ -8,6 +8,8 @@ import json
 import math
 import os
 import tempfile
+import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from metaops.experiment._checkpoint import default_permissions
+from metaops.experiment._interrupt import RunInterrupted, _DeferredSigint
 
 __all__ = ["RunLogger", "save_json"]
 
@@ -63,18 +66,30 @@ class RunLogger:
     checkpoint together with the iteration. To resume, construct the logger with
     ``rows=<saved rows>`` and ``initial=<saved iteration>``: the CSV is cut back to its
     first ``rows`` data rows (dropping anything logged after the checkpoint, which the resumed
-    run logs again) and TensorBoard purges events at steps ``>= initial``. With ``rows=0`` the
-    CSV is started afresh.
+    run logs again) and TensorBoard hides every earlier event at a step after the last kept
+    row's, so that the CSV and TensorBoard hold the same scalars as an uninterrupted run. With
+    ``rows=0`` the CSV is started afresh and TensorBoard hides all earlier events.
+
+    **Stopping on Ctrl-C.** With ``defer_interrupt=True``, a first Ctrl-C only sets
+    [interrupted][metaops.experiment.RunLogger.interrupted]: the training loop finishes its
+    iteration, writes a checkpoint and calls
+    [stop_if_interrupted][metaops.experiment.RunLogger.stop_if_interrupted], which prints
+    ``interrupted: checkpoint at iteration N`` and raises
+    `metaops.experiment.RunInterrupted` (a ``SystemExit`` with status 130: no traceback). A
+    second Ctrl-C raises ``KeyboardInterrupt`` at once, as usual; inside a
+    ``with RunLogger(...)`` block it too ends in ``RunInterrupted``, naming the last
+    checkpoint. Ctrl-C behaves as usual again after [close][metaops.experiment.RunLogger.close].
 
     Args:
         out_dir: Run directory (created if needed).
         fields: The metric names (CSV columns after ``step``).
         total: Total iterations, for the progress bar.
-        initial: Iteration the run starts (or resumes) at.
+        initial: Iteration the run starts (or resumes, from a checkpoint) at.
         rows: CSV data rows to keep from an earlier run (``0``: start a new file).
         tensorboard: Also write TensorBoard event files.
         progress: Show a tqdm progress bar (on stderr).
         desc: Progress bar label.
+        defer_interrupt: Turn the first Ctrl-C into a request to checkpoint and stop (above).
 
     Raises:
         ValueError: If ``rows`` is negative, exceeds the rows the existing CSV holds, or the
@@ -107,6 +122,7 @@ class RunLogger:
         tensorboard: bool = True,
         progress: bool = True,
         desc: str | None = None,
+        defer_interrupt: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,8 +133,7 @@ class RunLogger:
         if len(set(self._fields)) != len(self._fields):
             raise ValueError(f"RunLogger: duplicate or reserved ('step') names in fields {list(fields)}")
         self._rows = 0
-        if rows > 0:
-            self._truncate(rows)
+        last_step = self._truncate(rows) if rows > 0 else None
         self._file = open(self.csv_path, "a" if rows > 0 else "w", newline="")  # noqa: SIM115
         self._writer = csv.DictWriter(self._file, self._fields)
         if rows == 0:
@@ -128,10 +143,20 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.out_dir / "tensorboard"), purge_step=initial or None)
+            # TensorBoard hides the events of earlier files at steps >= purge_step: here those after the last
+            # kept CSV row (a resumed run logs them again), or all of them when the CSV starts afresh
+            tb_dir = self.out_dir / "tensorboard"
+            _wait_for_a_later_second(tb_dir)
+            self._tb = SummaryWriter(str(tb_dir), purge_step=0 if last_step is None else last_step + 1)
         self._bar = tqdm(total=total, initial=initial, desc=desc, disable=not progress, dynamic_ncols=True)
+        self._last_checkpoint = initial if initial > 0 else None  # a run resumes from a checkpoint at `initial`
+        self._interrupt = _DeferredSigint() if defer_interrupt else None
+        if self._interrupt is not None:
+            self._interrupt.install()
+            weakref.finalize(self, self._interrupt.restore)  # also if an error skips close()
 
-    def _truncate(self, rows: int) -> None:
+    def _truncate(self, rows: int) -> int:
+        """Cuts the CSV back to its first ``rows`` data rows and returns the last kept row's step."""
         if not self.csv_path.is_file():
             raise ValueError(f"RunLogger: resuming at {rows} rows, but {str(self.csv_path)!r} does not exist")
         with open(self.csv_path, newline="") as f:
@@ -152,6 +177,7 @@ class RunLogger:
             f.writelines(lines[: rows + 1])
         default_permissions(tmp)
         os.replace(tmp, self.csv_path)
+        return int(float(next(csv.reader(io.StringIO(lines[rows])))[0]))
 
     @property
     def rows(self) -> int:
@@ -185,6 +211,34 @@ class RunLogger:
             self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
         self._bar.update(n)
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C was pressed (``defer_interrupt=True`` only): time to checkpoint and stop."""
+        return self._interrupt is not None and self._interrupt.requested
+
+    def stop_if_interrupted(self, iteration: int) -> None:
+        """Records a checkpoint just written at ``iteration``; after a Ctrl-C, ends the run there.
+
+        Call it right after every checkpoint. If [interrupted][metaops.experiment.RunLogger.interrupted],
+        it prints ``interrupted: checkpoint at iteration <iteration>``, closes the logger and raises
+        `metaops.experiment.RunInterrupted`.
+
+        Args:
+            iteration: The iteration whose checkpoint was just written.
+
+        Raises:
+            RunInterrupted: After a Ctrl-C (a ``SystemExit`` with status 130).
+        """
+        self._last_checkpoint = iteration
+        if self.interrupted:
+            raise self._stop()
+
+    def _stop(self) -> RunInterrupted:
+        error = RunInterrupted(self._last_checkpoint)
+        self.close()
+        self.write(str(error))
+        return error
+
     def write(self, message: str) -> None:
         """Prints a message without breaking the progress bar (``tqdm.write``)."""
         self._bar.write(message)
@@ -201,7 +255,9 @@ class RunLogger:
         return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in self._fields}
 
     def close(self) -> None:
-        """Flushes and closes the CSV file, the TensorBoard writer and the progress bar."""
+        """Flushes and closes the CSV file, the TensorBoard writer and the progress bar; restores Ctrl-C."""
+        if self._interrupt is not None:
+            self._interrupt.restore()
         self._bar.close()
         if self._tb is not None:
             self._tb.close()
@@ -210,5 +266,25 @@ class RunLogger:
     def __enter__(self) -> RunLogger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self.close()
+        if self._interrupt is None:
+            return
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            raise self._stop() from None  # a second Ctrl-C, mid-iteration: the last checkpoint is all there is
+        if exc_type is None and self._interrupt.requested:  # Ctrl-C after the loop's last check
+            raise self._stop()
+
+
+def _wait_for_a_later_second(directory: Path) -> None:
+    """Waits (at most 1 s) until the clock is past the second of every event file in ``directory``.
+
+    TensorBoard reads the files in name order, and a name starts with the second the file was
+    created in; the rest (host, process id, a counter compared as text) need not sort in time
+    order. A file created in a later second always sorts after the earlier ones, so that the
+    purge of a resumed run applies to the events written before it.
+    """
+    seconds = [int(part[3]) for part in (p.name.split(".") for p in directory.glob("events.out.tfevents.*"))
+               if len(part) > 3 and part[3].isdigit()]
+    if seconds:
+        time.sleep(min(max(max(seconds) + 1 - time.time(), 0.0), 1.0))

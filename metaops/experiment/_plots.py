@@ -43,7 +43,8 @@ def plot_learning_curve(
 
     Args:
         path: Output PNG file (parent directories are created).
-        curves: Label -> ``(steps, values)``; NaN values (e.g. empty CSV cells) are skipped.
+        curves: Label -> ``(steps, values)``; NaN values (e.g. empty CSV cells) are skipped, and a
+            curve with a single finite point is drawn as a marker.
         title: Figure title.
         xlabel: Horizontal axis label.
         ylabel: Vertical axis label.
@@ -70,8 +71,8 @@ def plot_learning_curve(
         if x.shape != y.shape:
             raise ValueError(f"plot_learning_curve: {label!r} has {x.size} steps but {y.size} values")
         keep = np.isfinite(y)
-        if keep.any():
-            ax.plot(x[keep], y[keep], label=label)
+        if keep.any():  # a lone point (e.g. a run shorter than one log window) gets a marker, or it is invisible
+            ax.plot(x[keep], y[keep], label=label, marker="o" if keep.sum() == 1 else None)
             shown.append(y[keep])
     if not shown:
         raise ValueError("plot_learning_curve: no curve has a finite point")

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from metaops.experiment import CheckpointError, load_checkpoint, save_checkpoint
+from metaops.experiment import CheckpointError, load_checkpoint, load_run_checkpoint, save_checkpoint
 from metaops.experiment._checkpoint import CHECKPOINT_VERSION
 
 
@@ -92,3 +92,27 @@ def test_checkpoint_gets_ordinary_file_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_file_message_is_short_and_does_not_suggest_weights_only_false(tmp_path, damage):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, _state())
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncate" else os.urandom(300))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(path)
+    message = str(error.value)
+    assert str(path) in message and "corrupt or truncated" in message
+    assert "weights_only" not in message and "\n" not in message
+    # not chained, so the traceback does not print torch's advice either
+    assert error.value.__cause__ is None and error.value.__suppress_context__
+
+
+def test_resuming_from_a_corrupt_file_suggests_no_resume(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(os.urandom(300))
+    with pytest.raises(CheckpointError) as error:
+        load_run_checkpoint(path, recipe="demo", config={}, iterations=10)
+    message = str(error.value)
+    assert str(path) in message and "--no-resume" in message and "delete" in message
+    assert "weights_only" not in message and error.value.__suppress_context__

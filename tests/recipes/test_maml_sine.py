@@ -38,8 +38,10 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     main(tiny(tmp_path))
     path = tmp_path / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(CheckpointError, match="checkpoint.pt.*corrupt or truncated"):
+    with pytest.raises(CheckpointError, match="checkpoint.pt.*corrupt or truncated") as error:
         main(tiny(tmp_path, iterations=4))
+    assert "--no-resume" in str(error.value) and "weights_only" not in str(error.value)
+    main(tiny(tmp_path, iterations=4, resume=False))  # the suggested way out works
 
 
 @pytest.mark.parametrize("field, value, message", [
