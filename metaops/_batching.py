@@ -71,6 +71,21 @@ def _num_tasks(args: tuple, in_dims: tuple) -> int:
     return n
 
 
+def _check_per_task_data(task_args: tuple) -> None:
+    """Refuses a 1-D task leaf: each task would get one scalar, the mark of one task's data
+    passed without its task dimension (``(K,)`` read as ``K`` one-point tasks)."""
+    for i, arg in enumerate(task_args):
+        for leaf in tree_leaves(arg):
+            if isinstance(leaf, Tensor) and leaf.dim() == 1:
+                raise ValueError(
+                    f"task argument {i} has a leaf of shape {tuple(leaf.shape)}, which would be "
+                    f"read as {leaf.shape[0]} tasks of one scalar each. Every task argument "
+                    "needs a leading task dimension N before each task's data: did you pass one "
+                    "task's data? Add the task dimension with x[None]. A per-task scalar (a task "
+                    "id, say) needs shape (N, 1)."
+                )
+
+
 def _normalise_in_dims(in_dims: int | None | tuple, num_args: int) -> tuple:
     if isinstance(in_dims, tuple):
         if len(in_dims) != num_args:
@@ -215,15 +230,18 @@ def _functional_strategy(task_loss_fn, meta_params, task_args, n, strategy, chun
 def _autograd_strategy(task_loss_fn, meta_params, task_args, n, strategy, chunk_size):
     """The same sums with ordinary autograd on private leaves (outside transforms only).
 
-    Each task's (or chunk's) graph is freed by its ``backward`` before the next one is built,
-    and gradients accumulate in place in the leaves' ``.grad``: this is what a hand-written
-    per-task autograd loop does, without ``torch.func.grad``'s per-call wrapping overhead.
+    Each task's (or chunk's) graph is freed by ``torch.autograd.grad`` before the next one is
+    built: this is what a hand-written per-task autograd loop does, without
+    ``torch.func.grad``'s per-call wrapping overhead. Unlike ``backward()``, it writes no
+    ``.grad`` into tensors that ``task_loss_fn`` captures (a module's own parameters), just as
+    the functional path does not. A leaf that no task's loss reaches raises ``ValueError``.
     """
     leaves, spec = tree_flatten(meta_params)
     inputs = [x.detach().requires_grad_() for x in leaves]
     meta = tree_unflatten(inputs, spec)
     dims = (0,) * len(task_args)
     step = {"vmap": n, "chunked": chunk_size, "loop": 1}[strategy]
+    totals: list[Tensor | None] = [None] * len(inputs)
     losses = []
     for start in range(0, n, step):
         if strategy == "loop":
@@ -236,9 +254,34 @@ def _autograd_strategy(task_loss_fn, meta_params, task_args, n, strategy, chunk_
             loss = per_task.sum()
             losses.append(per_task.detach())
         if loss.requires_grad:
-            loss.backward()
-    grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in inputs]
-    return tree_unflatten(grads, spec), torch.cat(losses)
+            grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+            totals = [t if g is None else g if t is None else t + g for t, g in zip(totals, grads)]
+    unused = [name for name, total in zip(_leaf_names(meta_params), totals) if total is None]
+    if unused:
+        raise ValueError(
+            f"meta_params {unused} do not affect any task's meta-loss, so their meta-gradient "
+            "would silently be 0. torch.func.functional_call ignores names the module does not "
+            "have (and uses the module's own tensor for a name the dict lacks): check the names "
+            "against model.named_parameters(), or call the model with "
+            "metaops.nn.functional_call, which checks names and shapes. Leave parameters that "
+            "the loss does not use out of meta_params."
+        )
+    return tree_unflatten(totals, spec), torch.cat(losses)
+
+
+def _leaf_names(tree: PyTree) -> list[str]:
+    """Dotted names of a pytree's leaves (``"params.0.weight"``), in ``tree_leaves`` order."""
+
+    def walk(node: Any, prefix: str) -> list[str]:
+        if isinstance(node, dict):
+            return [name for k, v in node.items() for name in walk(v, f"{prefix}{k}.")]
+        if isinstance(node, (list, tuple)):
+            return [name for i, v in enumerate(node) for name in walk(v, f"{prefix}{i}.")]
+        return [prefix.rstrip(".") or "meta_params"]
+
+    names = walk(tree, "")
+    count = len(tree_leaves(tree))
+    return names if len(names) == count else [f"leaf {i}" for i in range(count)]
 
 
 def _use_autograd(meta_params: PyTree) -> bool:
@@ -267,13 +310,22 @@ def meta_value_and_grad(
 
     Outside ``torch.func`` transforms and ``torch.compile`` the sums are differentiated with
     ordinary autograd (each chunk's graph freed by its backward pass); inside them, with
-    ``torch.func.grad``. Both give the same numbers. ``meta_params`` are treated as leaves:
+    ``torch.func.grad``. Both give the same numbers and write no ``.grad`` anywhere, not
+    even into tensors that ``task_loss_fn`` captures. ``meta_params`` are treated as leaves:
     the returned gradients are constants, not differentiable further.
+
+    Outside transforms and ``torch.compile`` it also checks the result: a NaN/inf meta-loss
+    or meta-gradient raises instead of reaching the optimizer, and so does a meta-parameter
+    that no task's loss uses (on the autograd path), the usual sign of a misspelt name that
+    ``torch.func.functional_call`` silently ignored.
 
     Args:
         task_loss_fn: ``task_loss_fn(meta_params, *task) -> scalar`` for one task.
         meta_params: Pytree of meta-parameters (e.g. ``{"params": ..., "lrs": ...}``).
-        *task_args: Task data, every leaf with a leading task dimension ``N``.
+        *task_args: Task data, every leaf with a leading task dimension ``N`` followed by at
+            least one per-task dimension: a 1-D leaf of shape ``(K,)`` is refused, since it is
+            what one task's data without its task dimension looks like (use ``x[None]``; give
+            a per-task scalar the shape ``(N, 1)``).
         strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"``.
         chunk_size: Tasks per chunk for ``"chunked"``.
 
@@ -282,8 +334,10 @@ def meta_value_and_grad(
         a pytree shaped like ``meta_params``.
 
     Raises:
-        NonFiniteError: If some task's meta-loss is NaN or infinite (names the tasks).
-        ValueError: For bad strategies or inconsistent task batches.
+        NonFiniteError: If some task's meta-loss is NaN or infinite (names the tasks), or the
+            meta-gradient is (names the meta-parameters and the likely cause).
+        ValueError: For bad strategies, inconsistent task batches, a 1-D task leaf, or
+            meta-parameters that no task's loss uses (names them).
 
     Examples:
         >>> from metaops.inner import adapt, sgd
@@ -302,6 +356,7 @@ def meta_value_and_grad(
         raise ValueError("meta_value_and_grad needs task arguments with a leading task dimension")
     dims = (0,) * len(task_args)
     n = _num_tasks(task_args, dims)
+    _check_per_task_data(task_args)
     meta_params = stop_gradient(meta_params)
     run = _autograd_strategy if _use_autograd(meta_params) else _functional_strategy
 
@@ -325,10 +380,36 @@ def _run_strategy(run, task_loss_fn, meta_params, task_args, n, strategy, chosen
 
 
 def mean_over_tasks(losses: Tensor, grads: PyTree, n: int, *, check_finite: bool) -> tuple[Tensor, PyTree]:
-    """``(mean loss, summed grads / n)``, raising ``NonFiniteError`` naming NaN/inf tasks (private)."""
+    """``(mean loss, summed grads / n)``, raising ``NonFiniteError`` that names the NaN/inf
+    tasks or, when every loss is finite, the NaN/inf meta-gradient leaves (private)."""
     if check_finite:
         finite = torch.isfinite(losses)
         if not bool(finite.all()):
             bad = torch.nonzero(~finite).flatten().tolist()
-            raise NonFiniteError(f"meta-loss is NaN/inf for tasks {bad} of {n}")
+            raise NonFiniteError(
+                f"meta-loss is NaN/inf for tasks {bad} of {n}; if their inner loop diverges, "
+                "lower the inner learning rate (or the number of inner steps), else check those "
+                "tasks' data for NaN/inf"
+            )
+        _check_finite_grads(grads)
     return losses.mean(), tree_map(lambda g: g / n, grads)
+
+
+def _check_finite_grads(grads: PyTree) -> None:
+    leaves = [g for g in tree_leaves(grads) if isinstance(g, Tensor)]
+    # One host sync: NaN/inf anywhere reaches this sum; an overflow of finite values can only
+    # raise a false alarm, which the exact per-leaf check then clears.
+    if not leaves or bool(torch.isfinite(sum(g.detach().sum() for g in leaves))):
+        return
+    bad = [
+        name for name, g in zip(_leaf_names(grads), tree_leaves(grads))
+        if isinstance(g, Tensor) and not bool(torch.isfinite(g).all())
+    ]
+    if bad:
+        raise NonFiniteError(
+            f"meta-gradient is NaN/inf for {bad} although every task's meta-loss is finite. "
+            "Likely causes: an inner learning rate so large that the second-order terms "
+            "overflow (lower it, or the number of inner steps), or the derivative of a square "
+            "root at 0 inside the inner optimizer, e.g. a hand-written Adam or RMSProp without "
+            "eps_root (metaops.inner.from_torchopt guards torchopt's)"
+        )

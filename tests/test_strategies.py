@@ -137,3 +137,23 @@ def test_returned_gradients_are_constants_even_for_parameters_that_require_grad(
 def test_non_scalar_task_loss_is_refused():
     with pytest.raises(ValueError, match="scalar tensor per task"):
         mo.meta_value_and_grad(lambda m, x: m * x, torch.ones(1), torch.ones(2, 1), strategy="loop")
+
+
+@pytest.mark.parametrize("strategy,chunk_size", [("vmap", None), ("chunked", 2), ("loop", None)])
+def test_tensors_the_task_loss_captures_get_no_grad_on_either_path(path, strategy, chunk_size):
+    # ANIL-style: the body is a module used through a closure, only the head is meta-learned.
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Linear(1, 8), nn.Tanh()).double()
+    head = nn.Linear(8, 1).double()
+    _, _, _, support, query = toy_regression(num_tasks=4)
+
+    def loss_fn(params, batch):
+        return F.mse_loss(torch.func.functional_call(head, params, (body(batch[0]),)), batch[1])
+
+    def task_loss(meta, s, q):
+        return loss_fn(adapt(loss_fn, meta, s, sgd(0.3), steps=1), q)
+
+    meta = {k: v.detach() for k, v in head.named_parameters()}
+    _, grads = mo.meta_value_and_grad(task_loss, meta, support, query, strategy=strategy, chunk_size=chunk_size)
+    assert all(p.grad is None for p in body.parameters())  # backward() would have written these
+    assert all(g.abs().sum() > 0 for g in grads.values())

@@ -50,8 +50,10 @@ def plot_learning_curve(
         ylabel: Vertical axis label.
         log_y: Logarithmic vertical axis (when all plotted values are positive).
 
-    The vertical axis stops at twice the 98th percentile of all plotted values, so a rare spike
-    (one diverged evaluation, say) does not flatten the curves; the spike runs off the top.
+    The vertical axis stops one inter-percentile range (2nd to 98th percentile of all plotted
+    values) beyond those percentiles, so a rare spike either way (one diverged evaluation, say)
+    does not flatten the curves; the spike runs off the axis. Negative values (returns) work the
+    same way.
 
     Raises:
         ValueError: If a curve's steps and values differ in length, or no curve has a point.
@@ -79,9 +81,14 @@ def plot_learning_curve(
     values = np.concatenate(shown)
     if log_y and (values > 0).all():
         ax.set_yscale("log")
-    top = 2.0 * np.quantile(values, 0.98)
-    if values.max() > top > values.min():  # a rare spike (e.g. one diverged evaluation) must not flatten the rest
-        ax.set_ylim(top=top)
+    low, high = np.quantile(values, [0.02, 0.98])
+    span = high - low
+    if span > 0:  # a rare spike either way (e.g. one diverged evaluation) must not flatten the rest
+        bottom, top = low - span, high + span
+        if values.max() > top:
+            ax.set_ylim(top=top)
+        if values.min() < bottom:
+            ax.set_ylim(bottom=bottom)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -11,7 +11,7 @@ from metaops._batchnorm import BatchNormUnderVmapError, batch_norm_context
 from metaops._compile import note_eager_only
 from metaops.inner._base import InnerOptimizer
 from metaops.inner._modes import Checkpointed, FirstOrder, Implicit, Mode, check_mode
-from metaops.inner._validate import all_finite, check_params, check_steps, under_transform
+from metaops.inner._validate import all_finite, check_params, check_steps, under_transform, unreached_params
 from metaops.tree import stop_gradient
 from metaops.typing import LossFn, Params
 
@@ -31,6 +31,22 @@ def checked_loss(loss_fn: LossFn, params: Params, batch: Any) -> Tensor:
         raise ValueError(
             f"loss_fn must return a scalar (0-dim) loss, got shape {tuple(loss.shape)}; "
             "reduce it, e.g. with .mean()"
+        )
+    return loss
+
+
+def _loss_using_every_param(loss_fn: LossFn, params: Params, batch: Any) -> Tensor:
+    """``checked_loss``, raising ``ValueError`` for params the loss does not depend on."""
+    loss = checked_loss(loss_fn, params, batch)
+    unused = unreached_params(loss, params)
+    if unused:
+        raise ValueError(
+            f"adapt: the loss does not depend on params {unused}: their gradient is 0 at every "
+            "inner step, so adapt would silently leave them unchanged. "
+            "torch.func.functional_call ignores names the module does not have: check the "
+            "names against model.named_parameters() (or call the model with "
+            "metaops.nn.functional_call, which checks names and shapes), and leave parameters "
+            "the loss does not use out of params."
         )
     return loss
 
@@ -56,19 +72,29 @@ def unrolled_steps(
     check_finite: bool,
     first_order: bool = False,
 ) -> tuple[Params, Any]:
-    """Runs ``steps`` differentiable optimizer steps (private; the plain unroll)."""
+    """Runs ``steps`` differentiable optimizer steps (private; the plain unroll).
+
+    With ``check_finite`` (outside transforms) the first step also checks that the loss
+    depends on every parameter, and every step that the loss and gradients are finite.
+    """
     grad_fn = torch.func.grad_and_value(lambda p, b: checked_loss(loss_fn, p, b))
+    first_grad_fn = torch.func.grad_and_value(lambda p, b: _loss_using_every_param(loss_fn, p, b))
     for k in range(steps):
-        grads, loss = grad_fn(params, batch)
+        grads, loss = (first_grad_fn if check_finite and k == 0 else grad_fn)(params, batch)
         if first_order:
             grads = stop_gradient(grads)
         if check_finite and not _probably_finite(loss, grads):  # one host sync per step
             if not all_finite(loss):
-                raise NonFiniteError(f"adapt: the inner loss is {loss.item()} at inner step {k}")
+                raise NonFiniteError(
+                    f"adapt: the inner loss is {loss.item()} at inner step {k}; if the inner "
+                    "loop diverges, lower the inner learning rate, else check the support "
+                    "data for NaN/inf"
+                )
             if not all_finite(grads):
                 bad = sorted(n for n, g in grads.items() if not bool(torch.isfinite(g).all()))
                 raise NonFiniteError(
-                    f"adapt: non-finite gradient at inner step {k} for parameters {bad}"
+                    f"adapt: non-finite gradient at inner step {k} for parameters {bad}; if "
+                    "the inner loop diverges, lower the inner learning rate"
                 )
         params, state = optimizer.step(params, grads, state, hyperparams)
     return params, state
@@ -127,8 +153,10 @@ def adapt(
     Raises:
         TypeError: If ``params`` is not a dict of floating tensors, ``loss_fn`` does not
             return a tensor, or ``mode`` is not a mode.
-        ValueError: If ``steps < 1``, the loss is not a scalar, or ``mode=implicit(...)`` is
-            combined with optimizer hyperparameters that need a meta-gradient.
+        ValueError: If ``steps < 1``, the loss is not a scalar, ``mode=implicit(...)`` is
+            combined with optimizer hyperparameters that need a meta-gradient, or (outside
+            transforms, except in ``implicit`` mode) the loss does not depend on some of
+            ``params``, e.g. names that ``functional_call`` ignored; the message names them.
         NonFiniteError: If a loss or gradient becomes NaN/inf (outside transforms); the
             message names the inner step and the parameters.
         BatchNormUnderVmapError: If a second-order loop computes batch-norm statistics under

@@ -96,3 +96,28 @@ def split_tensors(tree: object) -> tuple[list[Tensor], Callable[[Sequence[Tensor
         return tree_unflatten([next(it) if t else c for t, c in zip(is_tensor, constants)], spec)
 
     return [x for x, t in zip(leaves, is_tensor) if t], rebuild
+
+
+def unreached_params(loss: Tensor, params: Params) -> list[str]:
+    """Names of the ``params`` that ``loss``'s autograd graph does not reach, in dict order.
+
+    Walks the graph from ``loss.grad_fn`` to its leaves (no backward pass; microseconds for a
+    small network): call it where ``params`` are the leaves being differentiated, e.g. inside
+    ``torch.func.grad``. A parameter the graph does not reach gets a zero gradient, typically
+    because ``torch.func.functional_call`` ignored a name the module does not have.
+    """
+    wanted = {id(p) for p in params.values()}
+    reached: set[int] = set()
+    stack, seen = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        edges = node.next_functions
+        if not edges:  # an AccumulateGrad node holds its leaf as ``variable``
+            variable = getattr(node, "variable", None)
+            if variable is not None and id(variable) in wanted:
+                reached.add(id(variable))
+        stack.extend(next_node for next_node, _ in edges)
+    return [name for name, p in params.items() if id(p) not in reached]

@@ -89,3 +89,32 @@ def test_summarize_steps_and_format_summary_count_diverged_tasks():
     assert line.startswith("mse_pre 5.000 ± ") and "mse_1_finite 2.000 ± 0.000" in line
     assert line.endswith("mse_1_diverged on 1 task(s), mse_2_diverged on 1 task(s)")
     assert math.isnan(last_finite([float("nan")])) and last_finite([]) != last_finite([])
+
+
+def _plotted_ylim(curves, monkeypatch):
+    import matplotlib.figure
+
+    from metaops.experiment import _plots
+
+    seen = {}
+    monkeypatch.setattr(_plots, "_save", lambda fig, path: seen.setdefault("ylim", fig.axes[0].get_ylim()))
+    _plots.plot_learning_curve("unused.png", curves)
+    assert isinstance(matplotlib.figure.Figure, type)
+    return seen["ylim"]
+
+
+def test_learning_curve_keeps_negative_returns_in_view(monkeypatch):
+    returns = [-400.0 + 10 * i for i in range(30)]  # every value negative, e.g. meta-RL returns
+    bottom, top = _plotted_ylim({"return": (list(range(30)), returns)}, monkeypatch)
+    assert bottom <= min(returns) and top >= max(returns)
+
+
+def test_learning_curve_cuts_a_rare_spike_either_way(monkeypatch):
+    losses = [1.0 - 0.01 * i for i in range(100)]
+    losses[50] = 1e6
+    bottom, top = _plotted_ylim({"loss": (list(range(100)), losses)}, monkeypatch)
+    assert top < 10 and bottom <= min(v for v in losses)
+    returns = [-10.0 + 0.1 * i for i in range(100)]
+    returns[50] = -1e6
+    bottom, top = _plotted_ylim({"return": (list(range(100)), returns)}, monkeypatch)
+    assert bottom > -100 and top >= max(returns)

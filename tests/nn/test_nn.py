@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 import metaops as mo
 from metaops.inner import adapt
-from metaops.nn import MetaSGD, named_params, set_grads
+from metaops.nn import MetaSGD, functional_call, named_params, set_grads
 
 
 def test_named_params_are_the_module_tensors():
@@ -74,3 +74,30 @@ def test_meta_sgd_meta_value_and_grad_with_pytree_meta_params():
     torch.testing.assert_close(net.model.bias.grad, grads["params"]["bias"])
     with pytest.raises(ValueError, match="expects keys"):
         net.set_grads(grads["params"])
+
+
+def test_functional_call_names_unknown_missing_and_misshaped_params():
+    layer = torch.nn.Linear(2, 1)
+    x = torch.ones(3, 2)
+    with pytest.raises(ValueError, match=r"Linear has no \['wieght'\] \(closest names: \{'wieght': 'weight'\}\)"):
+        functional_call(layer, {"wieght": torch.ones(1, 2), "bias": torch.zeros(1)}, (x,))
+    with pytest.raises(ValueError, match=r"lacks the trainable parameters \['bias'\]"):
+        functional_call(layer, {"weight": torch.ones(1, 2)}, (x,))
+    with pytest.raises(ValueError, match=r"params\['bias'\] has shape \(3,\), the module's has \(1,\)"):
+        functional_call(layer, {"weight": torch.ones(1, 2), "bias": torch.zeros(3)}, (x,))  # would broadcast
+
+
+def test_functional_call_equals_torch_and_allows_buffers_frozen_and_tied_params():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2), torch.nn.Linear(2, 2))
+    net[2].weight = net[0].weight  # tied: giving one of the two names suffices
+    net[2].bias.requires_grad_(False)  # frozen: the module's own tensor is used
+    params = {k: v + 1 for k, v in named_params(net).items()}
+    x = torch.randn(4, 2)
+    expected = torch.func.functional_call(net, params, (x,))
+    torch.testing.assert_close(functional_call(net, params, (x,)), expected)
+    params["1.running_mean"] = torch.ones(2)  # buffers may be passed too
+    functional_call(net, params, x)
+    xs = torch.randn(3, 4, 2)
+    batched = torch.func.vmap(lambda p, x: functional_call(net.eval(), p, (x,)), in_dims=(None, 0))(params, xs)
+    assert batched.shape == (3, 4, 2)
