@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metaops as mo
+from metaops._batching import _compiled as compiled_meta_value_and_grad  # the cache of compile=True
 
 
 def _status_kb(key: str) -> int:
@@ -109,9 +110,10 @@ def make_step(impl: str, model, loss_fn, support, query, lr: float, steps: int, 
     params = dict(model.named_parameters())
 
     if impl.startswith("metaops"):
-        # metaops[-STRATEGY][-compiled]: "-vmap-compiled" compiles the whole meta-step
-        # (compile_meta_step); "-loop-/-chunked-compiled" and "metaops-compiled" (auto) compile
-        # one task's / one chunk's meta-gradient (compile_meta_value_and_grad).
+        # metaops[-STRATEGY][-compiled]: meta_value_and_grad(..., compile=True), which compiles
+        # the whole vmapped step ("-vmap-compiled") or one task's / one chunk's meta-gradient
+        # ("-loop-/-chunked-compiled"; "metaops-compiled" is "auto"). The compiled object comes
+        # from meta_value_and_grad's cache so that its compile time and fallback can be printed.
         compiled = impl.endswith("-compiled")
         name = impl.removesuffix("-compiled")
         strategy = name.split("-")[1] if "-" in name else "auto"
@@ -124,12 +126,7 @@ def make_step(impl: str, model, loss_fn, support, query, lr: float, steps: int, 
         def meta_step(theta, s, q):
             return mo.meta_value_and_grad(task_loss, theta, s, q, strategy=strategy, **kwargs)
 
-        if not compiled:
-            fn = meta_step
-        elif strategy == "vmap":
-            fn = mo.compile_meta_step(meta_step)
-        else:
-            fn = mo.compile_meta_value_and_grad(task_loss, strategy=strategy, **kwargs)
+        fn = compiled_meta_value_and_grad(task_loss, strategy, kwargs.get("chunk_size")) if compiled else meta_step
 
         def meta_grad():
             _, grads = fn(params, support, query)

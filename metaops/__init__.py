@@ -14,7 +14,7 @@ The public API lives in these namespaces (one public path per object):
 - ``metaops.experiment``: checkpoints, run logs, confidence intervals, plots for recipes
   (imported on first use).
 - top level: ``map_tasks``, ``meta_value_and_grad``, ``check_meta_grad``,
-  ``compile_meta_step``, ``compile_meta_value_and_grad``.
+  ``compile_meta_step``.
 """
 
 import importlib
@@ -24,7 +24,6 @@ from metaops import estimators, inner, linalg, nn, rl, tasks, tree
 from metaops._batching import map_tasks, meta_value_and_grad
 from metaops._check import MetaGradReport, check_meta_grad
 from metaops._compile import CompiledMetaStep, compile_meta_step
-from metaops._compile_tasks import CompiledMetaValueAndGrad, compile_meta_value_and_grad
 
 __version__ = "0.1.0"
 
@@ -44,8 +43,6 @@ __all__ = [
     "MetaGradReport",
     "compile_meta_step",
     "CompiledMetaStep",
-    "compile_meta_value_and_grad",
-    "CompiledMetaValueAndGrad",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -297,6 +298,7 @@ def meta_value_and_grad(
     *task_args: Any,
     strategy: Strategy = "auto",
     chunk_size: int | None = None,
+    compile: bool = False,
 ) -> tuple[Tensor, PyTree]:
     r"""Returns the mean meta-loss over a task batch and its meta-gradient.
 
@@ -314,6 +316,16 @@ def meta_value_and_grad(
     even into tensors that ``task_loss_fn`` captures. ``meta_params`` are treated as leaves:
     the returned gradients are constants, not differentiable further.
 
+    This is the one way to get a batched meta-gradient; batching and compilation are its
+    options. ``compile=True`` compiles one *unit* of the strategy with ``torch.compile`` and
+    runs the strategy's loop in Python: the whole vmapped batch for ``"vmap"`` (one graph),
+    one chunk for ``"chunked"``, one task for ``"loop"`` (compile time of one task, exact batch
+    norm; a compiled Python loop over 32 conv tasks did not finish compiling in minutes). The
+    compiled units are cached per ``task_loss_fn``, so define it once, outside the training
+    loop. Each unit's first call runs eagerly, its second compiles and is verified against an
+    eager run; on a compiler failure or disagreement it stays eager with a
+    ``RuntimeWarning`` (see [metaops.compile_meta_step][], which compiles any other function).
+
     Outside transforms and ``torch.compile`` it also checks the result: a NaN/inf meta-loss
     or meta-gradient raises instead of reaching the optimizer, and so does a meta-parameter
     that no task's loss uses (on the autograd path), the usual sign of a misspelt name that
@@ -328,6 +340,7 @@ def meta_value_and_grad(
             a per-task scalar the shape ``(N, 1)``).
         strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"``.
         chunk_size: Tasks per chunk for ``"chunked"``.
+        compile: Compile the strategy's unit of work (see above).
 
     Returns:
         ``(mean_loss, grads)``: the meta-loss to **minimise** (detached) and its gradient,
@@ -357,6 +370,8 @@ def meta_value_and_grad(
     dims = (0,) * len(task_args)
     n = _num_tasks(task_args, dims)
     _check_per_task_data(task_args)
+    if compile and not torch.compiler.is_compiling():
+        return _compiled(task_loss_fn, strategy, chunk_size)(meta_params, *task_args)
     meta_params = stop_gradient(meta_params)
     run = _autograd_strategy if _use_autograd(meta_params) else _functional_strategy
 
@@ -413,3 +428,23 @@ def _check_finite_grads(grads: PyTree) -> None:
             "root at 0 inside the inner optimizer, e.g. a hand-written Adam or RMSProp without "
             "eps_root (metaops.inner.from_torchopt guards torchopt's)"
         )
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _compiled(task_loss_fn: Callable[..., Tensor], strategy: str, chunk_size: int | None):
+    """The cached compiled meta-gradient of ``task_loss_fn`` for one strategy (private)."""
+    from metaops._compile_tasks import CompiledMetaValueAndGrad
+
+    try:
+        per_fn = _COMPILED.setdefault(task_loss_fn, {})
+    except TypeError:  # not weak-referenceable (rare): compile without caching
+        per_fn = {}
+    key = (strategy, chunk_size)
+    if key not in per_fn:
+        per_fn[key] = CompiledMetaValueAndGrad(
+            task_loss_fn, strategy=strategy, chunk_size=chunk_size, verify=True,
+            compile_kwargs={"fullgraph": True, "mode": None, "dynamic": False, "backend": "inductor"},
+        )
+    return per_fn[key]

@@ -250,8 +250,10 @@ def compile_meta_step(
     would be dropped by torch.compile under ``torch.func`` transforms), and batch norm in a
     second-order loop under ``strategy="auto"``. Any compiler failure, or a compiled result
     that disagrees with the eager one (``verify``), also falls back to eager with a warning.
-    For conv nets on CPU, where the per-task loop is fastest, compile one task's meta-gradient
-    instead: [metaops.compile_meta_value_and_grad][].
+    A batched meta-gradient compiles through its own option,
+    ``meta_value_and_grad(..., compile=True)`` (which also compiles conv nets one task at a
+    time); use this function for any other function of a meta-step, e.g. an adaptation used
+    for sampling or iMAML's [metaops.inner.implicit_value_and_grad][] mapped over tasks.
 
     On a busy CPU (more runnable threads than cores), OpenMP threads that spin at barriers
     can make each call 10-100x slower, eager or compiled; set ``OMP_WAIT_POLICY=PASSIVE`` or

@@ -1,4 +1,4 @@
-"""``meta_value_and_grad`` with one task's (or one chunk's) meta-gradient compiled."""
+"""``meta_value_and_grad(..., compile=True)``: one task's (or chunk's) meta-gradient compiled (private)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ __all__ = ["compile_meta_value_and_grad", "CompiledMetaValueAndGrad"]
 class CompiledMetaValueAndGrad:
     """[metaops.meta_value_and_grad][] for a fixed ``task_loss_fn``, compiled per unit of work.
 
-    Created by [metaops.compile_meta_value_and_grad][]; see there. Each unit function (the
+    Behind ``meta_value_and_grad(..., compile=True)``; see there. Each unit function (the
     whole batch, a chunk or a task) is a [metaops.CompiledMetaStep][], with its eager first
     call, verification and eager fallback.
 
@@ -134,7 +134,7 @@ def compile_meta_value_and_grad(
     backend: str | Callable[..., Any] = "inductor",
     verify: bool = True,
 ) -> CompiledMetaValueAndGrad:
-    r"""Returns [metaops.meta_value_and_grad][] for ``task_loss_fn`` with its unit compiled.
+    r"""Returns [metaops.meta_value_and_grad][] for ``task_loss_fn`` with its unit compiled (private).
 
     Where [metaops.compile_meta_step][] compiles a whole meta-step into one graph, this
     compiles one *unit* of a strategy and runs the strategy's loop in Python:

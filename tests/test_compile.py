@@ -12,6 +12,7 @@ import torch
 
 import metaops as mo
 from metaops._compile import _mismatch
+from metaops._compile_tasks import compile_meta_value_and_grad  # behind meta_value_and_grad(compile=True)
 from metaops.inner import (
     adapt,
     checkpointed,
@@ -267,7 +268,7 @@ def test_compile_meta_value_and_grad_equals_eager_with_one_graph_per_unit_shape(
     _, loss_fn, theta, support, query = toy_regression(num_tasks=3)
     task_loss = _task_loss(loss_fn, "second_order")
     backend = CountingBackend()
-    meta_grad = mo.compile_meta_value_and_grad(task_loss, strategy=strategy, chunk_size=chunk_size, backend=backend)
+    meta_grad = compile_meta_value_and_grad(task_loss, strategy=strategy, chunk_size=chunk_size, backend=backend)
     for i in range(4):  # tasks are views at different offsets; new data every call
         s = tuple(x + 0.1 * i for x in support)
         expected = mo.meta_value_and_grad(task_loss, theta, s, query, strategy="loop")
@@ -295,7 +296,7 @@ def test_compile_meta_value_and_grad_auto_compiles_the_exact_loop_for_batchnorm(
 
     theta = {k: v.detach() for k, v in model.named_parameters()}
     backend = CountingBackend()
-    meta_grad = mo.compile_meta_value_and_grad(task_loss, backend=backend)  # auto: tiny tasks -> vmap first
+    meta_grad = compile_meta_value_and_grad(task_loss, backend=backend)  # auto: tiny tasks -> vmap first
     expected = mo.meta_value_and_grad(task_loss, theta, x, y, strategy="loop")
     for _ in range(3):
         assert_trees_close(meta_grad(theta, x, y), expected, rtol=1e-10, atol=1e-12)
@@ -305,7 +306,7 @@ def test_compile_meta_value_and_grad_auto_compiles_the_exact_loop_for_batchnorm(
 
 def test_compile_meta_value_and_grad_reports_nan_tasks_and_bad_input():
     _, loss_fn, theta, support, query = toy_regression(num_tasks=3)
-    meta_grad = mo.compile_meta_value_and_grad(_task_loss(loss_fn, "second_order"), strategy="loop",
+    meta_grad = compile_meta_value_and_grad(_task_loss(loss_fn, "second_order"), strategy="loop",
                                                backend=CountingBackend())
     meta_grad(theta, support, query)
     meta_grad(theta, support, query)  # compiled from here on
@@ -316,7 +317,7 @@ def test_compile_meta_value_and_grad_reports_nan_tasks_and_bad_input():
     with pytest.raises(ValueError, match="disagree on the number of tasks"):
         meta_grad(theta, support, tuple(x[:2] for x in query))
     with pytest.raises(ValueError, match="unknown strategy"):
-        mo.compile_meta_value_and_grad(_task_loss(loss_fn, "second_order"), strategy="fast")
+        compile_meta_value_and_grad(_task_loss(loss_fn, "second_order"), strategy="fast")
 
 
 def test_verification_replays_the_same_random_numbers():
@@ -332,3 +333,16 @@ def test_verification_replays_the_same_random_numbers():
     torch.manual_seed(0)
     torch.testing.assert_close(out, torch.randn(3, dtype=torch.float64))
     torch.testing.assert_close(after_step, torch.randn(1, dtype=torch.float64))  # advanced once, not twice
+
+
+def test_meta_value_and_grad_compile_option_caches_and_equals_eager():
+    _, loss_fn, theta, support, query = toy_regression(num_tasks=3)
+    task_loss = _task_loss(loss_fn, "second_order")
+    expected = mo.meta_value_and_grad(task_loss, theta, support, query, strategy="loop")
+    for _ in range(3):
+        got = mo.meta_value_and_grad(task_loss, theta, support, query, strategy="loop", compile=True)
+        assert_trees_close(got, expected, rtol=1e-10, atol=1e-12)
+    from metaops._batching import _COMPILED
+
+    (unit,) = _COMPILED[task_loss].values()  # one cached compiled meta-gradient per strategy
+    assert unit.compiled, unit.fallback_reason
