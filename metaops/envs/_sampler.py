@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
@@ -234,7 +235,7 @@ def _sample(
         obs32 = obs.astype(np.float32)
         with torch.no_grad():
             policy_obs = torch.from_numpy(obs32).to(param_dtype)
-            dist = distribution(policy_obs.view(num_tasks, num_episodes, obs_dim))
+            dist = distribution(rearrange(policy_obs, "(task episode) obs -> task episode obs", task=num_tasks))
             action = policy.sample(dist, generator=generator)
             log_prob = policy.log_prob(dist, action)
         if tuple(action.shape) != (num_tasks, num_episodes, act_dim):
@@ -247,7 +248,7 @@ def _sample(
                 f"policy.log_prob returned shape {tuple(log_prob.shape)}, expected "
                 f"{(num_tasks, num_episodes)} (summed over action dimensions)"
             )
-        action_np = action.reshape(num_envs, act_dim).to(torch.float64).numpy()
+        action_np = rearrange(action, "task episode act -> (task episode) act").to(torch.float64).numpy()
         bad = active & ~np.isfinite(action_np).all(axis=1)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -255,7 +256,7 @@ def _sample(
         result = env.step(np.clip(action_np, low, high), active)
         observations[active, t] = obs32[active]
         actions[active, t] = action_np[active]
-        log_probs[active, t] = log_prob.reshape(num_envs).numpy()[active]
+        log_probs[active, t] = rearrange(log_prob, "task episode -> (task episode)").numpy()[active]
         rewards[:, t] = result.rewards
         mask[:, t] = active
         terminated[:, t] = result.terminated & active
@@ -269,7 +270,8 @@ def _sample(
     truncated[:, horizon - 1] = active
 
     def out(x: np.ndarray) -> Tensor:
-        return torch.from_numpy(x).view(num_tasks, num_episodes, *x.shape[1:])
+        # env i runs episode i % num_episodes of task i // num_episodes
+        return rearrange(torch.from_numpy(x), "(task episode) ... -> task episode ...", task=num_tasks)
 
     return EpisodeBatch(
         observations=out(observations),
