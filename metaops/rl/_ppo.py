@@ -26,7 +26,7 @@ def ppo_clip_objective(
       \min\big(\rho_t A_t,\ \operatorname{clip}(\rho_t, 1-\epsilon, 1+\epsilon) A_t\big).$$
 
     The old log-probabilities and the advantages are constants. At $\theta = \theta_\text{old}$
-    its gradient equals that of [metaops.estimators.likelihood_ratio_objective][]; away from it
+    its gradient equals that of [metaops.estimators.lvc_objective][] with ``sampling_log_probs``; away from it
     the clip removes the incentive to move $\rho_t$ outside $[1-\epsilon, 1+\epsilon]$.
 
     Args:

@@ -91,7 +91,7 @@ def trpo_step(
             scalar.
 
     Examples:
-        >>> from metaops.estimators import likelihood_ratio_objective
+        >>> from metaops.estimators import lvc_objective
         >>> from metaops.rl import CategoricalMLPPolicy, mean_kl
         >>> _ = torch.manual_seed(0)
         >>> policy = CategoricalMLPPolicy(3, 2, hidden_sizes=(8,))
@@ -100,7 +100,7 @@ def trpo_step(
         >>> old_lp = policy.log_prob(policy(obs), actions).detach()
         >>> def surrogate_fn(p):
         ...     lp = policy.log_prob(torch.func.functional_call(policy, p, (obs,)), actions)
-        ...     return likelihood_ratio_objective(lp, old_lp, adv) / 16
+        ...     return lvc_objective(lp, adv, sampling_log_probs=old_lp) / 16
         >>> kl_fn = lambda p: mean_kl(policy, old, p, obs)
         >>> new, info = trpo_step(surrogate_fn, kl_fn, old, max_kl=0.01)
         >>> info.accepted, info.kl <= 0.01, info.improvement > 0

@@ -8,7 +8,6 @@ from torch.func import grad, vmap
 
 from metaops.estimators import (
     dice_objective,
-    likelihood_ratio_objective,
     loaded_dice_objective,
     lvc_objective,
     score_function_objective,
@@ -23,7 +22,7 @@ ESTIMATORS = {
     "dice_baseline": lambda lp, x, y, mask=None: dice_objective(lp, x, gamma=0.9, baseline=y, mask=mask),
     "loaded_dice": lambda lp, x, y, mask=None: loaded_dice_objective(lp, x, gamma=0.95, decay=0.8, mask=mask),
     "lvc": lambda lp, x, y, mask=None: lvc_objective(lp, x, mask=mask),
-    "likelihood_ratio": lambda lp, x, y, mask=None: likelihood_ratio_objective(lp, y, x, mask=mask),
+    "lvc_importance_weighted": lambda lp, x, y, mask=None: lvc_objective(lp, x, sampling_log_probs=y, mask=mask),
     "score_function": lambda lp, x, y, mask=None: score_function_objective(lp, x, mask=mask),
 }
 NAMES = list(ESTIMATORS)

@@ -7,7 +7,6 @@ from _tiny_mdp import DTYPE, hessian_terms, make_mdp
 from torch.func import grad, hessian
 
 from metaops.estimators import (
-    likelihood_ratio_objective,
     lvc_objective,
     score_function_objective,
 )
@@ -69,7 +68,7 @@ def test_score_function_hessian_depends_on_the_baseline():
 def test_likelihood_ratio_matches_lvc_at_the_old_parameters():
     advantages = ADVANTAGES["with_baseline"]
     old = MDP.log_probs(THETA)
-    ratio = lambda lp, adv, mask: likelihood_ratio_objective(lp, old, adv, mask=mask)
+    ratio = lambda lp, adv, mask: lvc_objective(lp, adv, sampling_log_probs=old, mask=mask)
     g_lr, h_lr = _expected(ratio, advantages)
     g_lvc, h_lvc = _expected(lvc_objective, advantages)
     _close(g_lr, g_lvc)
@@ -80,7 +79,7 @@ def test_likelihood_ratio_value_at_the_old_parameters_is_the_advantage_sum():
     advantages = ADVANTAGES["reward_to_go"]
     old = MDP.log_probs(THETA)
     value = MDP.expect(
-        lambda th: likelihood_ratio_objective(MDP.log_probs(th), old, advantages, mask=MDP.mask),
+        lambda th: lvc_objective(MDP.log_probs(th), advantages, sampling_log_probs=old, mask=MDP.mask),
         THETA,
     )
     expected_sum = (MDP.probs(THETA) * MDP.reward_to_go().sum(-1)).sum()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import grad
 
-from metaops.estimators import likelihood_ratio_objective
+from metaops.estimators import lvc_objective
 from metaops.rl import ppo_clip_objective, promp_objective
 
 D = torch.float64
@@ -28,7 +28,7 @@ def test_ppo_gradient_at_old_params_equals_likelihood_ratio_and_vanishes_when_cl
     lp = lambda th: th - 0.1 * th**2 - 3.0  # log-probs with slope in [0.1, 2] on the range
     old = lp(theta).detach()
     ppo = lambda th: ppo_clip_objective(lp(th), old, adv, clip=0.1).sum()
-    lr = lambda th: likelihood_ratio_objective(lp(th), old, adv).sum()
+    lr = lambda th: lvc_objective(lp(th), adv, sampling_log_probs=old).sum()
     torch.testing.assert_close(grad(ppo)(theta), grad(lr)(theta))
     far = theta + 1.0 * adv.sign()  # ratios pushed beyond the clip in the improving direction
     assert torch.all(grad(ppo)(far) == 0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, vmap
 
-from metaops.estimators import dice_objective, likelihood_ratio_objective
+from metaops.estimators import dice_objective, lvc_objective
 from metaops.rl import CategoricalMLPPolicy, GaussianMLPPolicy, kl_hvp, mean_kl, trpo_step
 from metaops.tree import stop_gradient, tree_map, tree_ravel
 
@@ -86,7 +86,7 @@ def _maml_fns(policy, params0, obs, actions, rewards, mask):
 
     def surrogate_fn(params):
         lp = batched(params, *data)
-        return likelihood_ratio_objective(lp, old_lp, advantages, mask=mask).mean()
+        return lvc_objective(lp, advantages, sampling_log_probs=old_lp, mask=mask).mean()
 
     def kl_fn(params):
         adapted = vmap(adapt, in_dims=(None, 0, 0, 0, 0))(params, obs, actions, rewards, mask)
@@ -116,7 +116,7 @@ def test_trpo_step_cg_matches_dense_solve_and_constraint_holds():
 
     def surrogate_fn(p):
         lp = policy.log_prob(functional_call(policy, p, (o,)), a)
-        return likelihood_ratio_objective(lp, old_lp, adv, mask=m).mean()
+        return lvc_objective(lp, adv, sampling_log_probs=old_lp, mask=m).mean()
 
     kl_fn = lambda p: mean_kl(policy, params, p, o, mask=m)
     damping, max_kl = 1e-3, 0.01
