@@ -1,14 +1,19 @@
-"""Experiment utilities shared by the recipes: checkpoints, logging, statistics and plots.
+"""Experiment support for meta-training scripts: a resumable training loop, checkpoints, logs,
+statistics and plots.
 
-Nothing here is meta-learning specific; it is the plumbing every recipe needs, kept out of
-the recipe files so that they show only the algorithm.
+Public, documented API, used by the recipes and meant for your own scripts. It is kept apart
+from the functional core: the core never imports it, and ``metaops`` loads it on first use.
+The sinusoid benchmark's protocol (``SinusoidArgs``, ``run_sinusoid``) is the one piece
+specific to a task family.
 """
 
 from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, load_run_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive, check_same_config
 from metaops.experiment._interrupt import RunInterrupted
 from metaops.experiment._logger import RunLogger, save_json
+from metaops.experiment._loop import RunArgs, meta_train
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
+from metaops.experiment._sinusoid import SinusoidArgs, adaptation_curves, run_sinusoid
 from metaops.experiment._stats import (
     format_summary,
     last_finite,
@@ -18,6 +23,11 @@ from metaops.experiment._stats import (
 )
 
 __all__ = [
+    "RunArgs",
+    "meta_train",
+    "SinusoidArgs",
+    "run_sinusoid",
+    "adaptation_curves",
     "save_checkpoint",
     "load_checkpoint",
     "load_run_checkpoint",
