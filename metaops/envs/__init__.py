@@ -4,14 +4,15 @@ Every environment family has a task dataclass, a task distribution with
 `sample_tasks(num_tasks, *, generator)`, a single gymnasium environment with
 `set_task`/`get_task` (registered as `metaops/<Name>-v0`), and a batched version that
 steps all `(task, episode)` copies together and reproduces the single environment
-step for step. See `docs/envs.md` for the specifications and the differences from
+step for step. Users call `make`/`make_batched`/`task_distribution` by name (`env_names()`);
+the concrete batched classes are internal. See `docs/envs.md` for the specifications and the differences from
 the MAML and ProMP reference code.
 """
 
 from ._ant import AntDir2DEnv, AntDirEnv, AntGoalEnv
-from ._batched import BatchedEnv, EnvError, MujocoBatchedEnv, StepResult
+from ._batched import BatchedEnv, EnvError, StepResult
 from ._half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv
-from ._navigation import Navigation2DEnv, NavigationBatchedEnv
+from ._navigation import Navigation2DEnv
 from ._random_params import HopperRandParamsEnv, Walker2dRandParamsEnv
 from ._registration import env_names, gymnasium_id, make, make_batched, task_distribution
 from ._sampler import EpisodeBatch, sample_episodes
@@ -50,9 +51,7 @@ __all__ = [
     "HalfCheetahDirEnv",
     "HalfCheetahVelEnv",
     "HopperRandParamsEnv",
-    "MujocoBatchedEnv",
     "Navigation2DEnv",
-    "NavigationBatchedEnv",
     "NavigationTask",
     "NavigationTasks",
     "StepResult",
