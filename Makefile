@@ -25,8 +25,8 @@ venv: $(VENV)/.installed
 
 # The MAML-TRPO recipe's defaults are the MAML paper's (hours on a CPU); the demo scales the
 # meta-batch and the policy down so that it learns within a couple of minutes.
-DEMO_ARGS ?= --env navigation --meta-batch 10 --episodes 10 --hidden 32 32 --iterations 60 \
-	--eval-tasks 20 --out-dir runs/maml_trpo_demo
+DEMO_ARGS ?= --env Navigation2D --meta-batch 10 --episodes 10 --hidden 32 32 --iterations 40 \
+	--policy bounded --inner-max-kl 0.3 --eval-tasks 20 --out-dir runs/maml_trpo_demo
 
 demo: venv
 	$(PY) -m recipes.maml_trpo $(DEMO_ARGS)

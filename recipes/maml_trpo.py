@@ -12,7 +12,9 @@ Run ``python -m recipes.maml_trpo --help`` for the options and
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -34,14 +36,15 @@ from metaops.experiment import (
     save_json,
 )
 
-ENVS = {"navigation": "Navigation2D", "halfcheetah-vel": "HalfCheetahVel", "halfcheetah-dir": "HalfCheetahDir"}
-"""``--env`` choices -> names in [metaops.envs.env_names][]."""
+ENVS = envs.env_names()
+"""``--env`` choices: exactly the names registered in metaops.envs ([metaops.envs.env_names][])."""
+EnvName = Literal[ENVS]  # so that --help lists them and the CLI rejects any other name
 
 
 @dataclass
 class Args:
-    env: Literal["navigation", "halfcheetah-vel", "halfcheetah-dir"] = "navigation"
-    """task family: 2D navigation (Navigation2D), HalfCheetahVel or HalfCheetahDir"""
+    env: EnvName = "Navigation2D"
+    """task family, a name registered in metaops.envs: 2D navigation (Navigation2D), HalfCheetahVel, ..."""
     out_dir: str = "runs/maml_trpo"
     """run directory: config, metrics CSV, TensorBoard events, checkpoint, evaluation table and PNGs"""
     seed: int = 0
@@ -55,7 +58,14 @@ class Args:
     horizon: int | None = None
     """episode length; None: the environment's (100 for navigation, 200 for HalfCheetah)"""
     hidden: tuple[int, ...] = (100, 100)
-    """hidden layer widths of the Gaussian MLP policy (ReLU)"""
+    """hidden layer widths of the Gaussian MLP policy"""
+    policy: Literal["unbounded", "bounded"] = "unbounded"
+    """unbounded: the MAML paper's ReLU MLP, raw mean, std 1 in action units; bounded: the ProMP/MAML
+    reference code's tanh MLP, mean squashed into the action bounds, std in half-ranges (see the docs page)"""
+    init_std: float = 0.1
+    """--policy bounded: initial std as a fraction of the action half-range"""
+    min_std: float = 0.01
+    """--policy bounded: floor of the std as a fraction of the action half-range"""
     estimator: Literal["dice", "lvc", "score-function"] = "dice"
     """inner-step surrogate: same gradient, different Hessian (see the docs page)"""
     dice_decay: float = 1.0
@@ -65,7 +75,15 @@ class Args:
     inner_lr: float = 0.1
     """inner SGD step size (on per-task normalised advantages)"""
     first_order: bool = False
-    """drop the second-order terms of the inner step (metaops.inner.first_order)"""
+    """drop the second-order terms of the inner step (mode=metaops.inner.first_order())"""
+    inner_max_kl: float | None = None
+    """bound on the estimated mean KL of each inner step on its support states (metaops.rl.kl_bounded_sgd;
+    a differentiable rescaling of the SGD step); None: plain SGD steps"""
+    warn_inner_kl: float = 1.0
+    """warn (metaops.rl.InnerStepWarning, once per run) when an inner step's mean KL on a task's support
+    states exceeds this many nats"""
+    warn_log_std_change: float = 1.0
+    """warn when an inner step moves some log-std by more than this"""
     gamma: float = 0.99
     """discount"""
     gae_lambda: float = 1.0
@@ -107,13 +125,21 @@ RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "compile",
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
 FIELDS = ["return/pre", "return/post", "trpo/surrogate", "trpo/improvement", "trpo/kl", "trpo/backtracks",
-          "trpo/accepted", "policy/std", "env_steps", "time/sample_s", "time/update_s"]
+          "trpo/accepted", "policy/std", "inner/kl", "inner/kl_max", "inner/step_norm", "inner/log_std_change",
+          "env_steps", "time/sample_s", "time/update_s"]
 """CSV/TensorBoard columns, one row per meta-iteration (see the docs page)."""
 
 
 def validate(args: Args) -> None:
+    if args.env not in ENVS:  # the CLI checks this too; Args(env=...) from Python does not
+        raise ValueError(f"unknown env {args.env!r}; the registered environments are {', '.join(ENVS)}")
     check_positive(args, "iterations", "episodes", "inner_steps", "inner_lr", "max_kl", "cg_steps",
-                   "max_backtracks", "threads", "physics_threads", "checkpoint_every")
+                   "max_backtracks", "threads", "physics_threads", "checkpoint_every", "init_std", "min_std",
+                   "warn_inner_kl", "warn_log_std_change")
+    if args.inner_max_kl is not None:
+        check_positive(args, "inner_max_kl")
+    if args.min_std > args.init_std:
+        raise ValueError(f"min_std ({args.min_std}) must not exceed init_std ({args.init_std})")
     if args.meta_batch is not None and args.meta_batch < 1:
         raise ValueError(f"meta_batch must be positive, got {args.meta_batch}")
     if args.horizon is not None and args.horizon < 1:
@@ -122,8 +148,49 @@ def validate(args: Args) -> None:
         raise ValueError(f"need eval_tasks = 0 or >= 2 and eval_steps >= 0, got {args.eval_tasks}, {args.eval_steps}")
 
 
-def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...]) -> rl.GaussianMLPPolicy:
-    return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.ReLU)
+def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, kind: str = "unbounded", init_std: float = 0.1,
+                min_std: float = 0.01) -> rl.GaussianMLPPolicy:
+    """The MAML paper's policy (``unbounded``) or the reference code's (``bounded``, std in half-ranges)."""
+    if kind == "unbounded":
+        return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.ReLU)
+    bound = 10.0  # the reference code's normalised action space [-10, 10]: std init_std * 10 there
+    return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.Tanh,
+                                init_log_std=math.log(init_std * bound), min_log_std=math.log(min_std * bound),
+                                action_bounds=(env.action_low, env.action_high), normalized_bound=bound)
+
+
+def inner_optimizer(policy: nn.Module, batch: tuple[Tensor, ...], *, lr: float,
+                    max_kl: float | None) -> mo.inner.InnerOptimizer:
+    """SGD, or SGD scaled so that its estimated mean KL on this task's support states is at most max_kl."""
+    if max_kl is None:
+        return mo.inner.sgd(lr)
+    obs, _, _, mask = batch
+    return rl.kl_bounded_sgd(policy, obs, lr=lr, max_kl=max_kl, mask=mask)
+
+
+def policy_std(policy: rl.GaussianMLPPolicy, obs_dim: int) -> float:
+    """Mean standard deviation of the policy's actions, in the units of the actions."""
+    with torch.no_grad():
+        return policy(torch.zeros(1, obs_dim))[1].exp().mean().item()
+
+
+def make_step_check(policy: nn.Module, args: Args):
+    """check(before, after, batch) -> per-task KL, KL max, step norm and log-std change of one inner step
+    (metaops.rl.check_inner_step); the first implausible step warns, later ones are only logged."""
+    warned = False
+
+    def check(before, after, batch: tuple[Tensor, ...]) -> dict[str, Tensor]:
+        nonlocal warned
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("ignore" if warned else "always", rl.InnerStepWarning)
+            stats = rl.check_inner_step(policy, before, after, batch[0], mask=batch[3], max_kl=args.warn_inner_kl,
+                                        max_log_std_change=args.warn_log_std_change)
+        for w in caught:  # re-emit outside the recording context (so that filters such as "error" apply)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            warned = warned or issubclass(w.category, rl.InnerStepWarning)
+        return stats
+
+    return check
 
 
 def process_episodes(batch: envs.EpisodeBatch, *, gamma: float, gae_lambda: float) -> tuple[Tensor, ...]:
@@ -169,25 +236,32 @@ def per_task_log_probs(policy: nn.Module, params, obs: Tensor, actions: Tensor) 
 
 
 def adaptation_curve(policy, params, env, tasks, loss_fn, *, steps: int, inner_lr: float, gamma: float,
-                     gae_lambda: float, horizon: int, generator: torch.Generator) -> Tensor:
-    """Mean episode return per task after 0..steps inner steps (re-sampling after each): `(steps + 1, task)`."""
+                     gae_lambda: float, horizon: int, generator: torch.Generator, inner_max_kl: float | None = None,
+                     check=None) -> Tensor:
+    """Mean episode return per task after 0..steps inner steps (re-sampling after each): `(steps + 1, task)`.
+
+    ``check(before, after, data)``, if given, is called after each step (outside transforms).
+    """
     params = {k: v.detach().expand(len(tasks), *v.shape) for k, v in params.items()}  # one copy per task
-    one_step = lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(inner_lr), steps=1)
+    one_step = lambda p, d: mo.inner.adapt(loss_fn, p, d, inner_optimizer(policy, d, lr=inner_lr,
+                                                                          max_kl=inner_max_kl), steps=1)
     curve = []
     for k in range(steps + 1):
         batch = envs.sample_episodes(env, policy, params, tasks, generator=generator, horizon=horizon)
         curve.append(batch.returns.mean(-1))
         if k < steps:
             data = process_episodes(batch, gamma=gamma, gae_lambda=gae_lambda)
-            params = mo.tree.stop_gradient(vmap(one_step)(params, data))
+            params, before = mo.tree.stop_gradient(vmap(one_step)(params, data)), params
+            if check is not None:
+                check(before, params, data)
     return torch.stack(curve)
 
 
 def main(args: Args) -> dict[str, float]:
     validate(args)
     out = Path(args.out_dir)
-    env_name = ENVS[args.env]
-    meta_batch = args.meta_batch or (20 if args.env == "navigation" else 40)
+    env_name = args.env
+    meta_batch = args.meta_batch or (20 if args.env == "Navigation2D" else 40)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise
@@ -195,19 +269,19 @@ def main(args: Args) -> dict[str, float]:
     env = envs.make_batched(env_name, num_tasks=meta_batch, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
     horizon = args.horizon or env.horizon
-    policy = make_policy(env, args.hidden)
+    policy = make_policy(env, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std)
     loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
+    check_step = make_step_check(policy, args)
 
     def sample(params, tasks) -> envs.EpisodeBatch:
         return envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=horizon)
 
     # --- the inner loop: theta -> per-task adapted params, differentiable in theta --------------
     def adapt_task(params, batches):  # batches[k]: this task's data sampled with the k-step-adapted policy
-        inner_opt = mo.inner.sgd(args.inner_lr)
-        if args.first_order:
-            inner_opt = mo.inner.first_order(inner_opt)
+        mode = mo.inner.first_order() if args.first_order else mo.inner.unrolled()
         for batch in batches:
-            params = mo.inner.adapt(loss_fn, params, batch, inner_opt, steps=1)
+            opt = inner_optimizer(policy, batch, lr=args.inner_lr, max_kl=args.inner_max_kl)
+            params = mo.inner.adapt(loss_fn, params, batch, opt, steps=1, mode=mode)
         return params
 
     def adapt_all(params, batches):  # all tasks at once
@@ -224,9 +298,11 @@ def main(args: Args) -> dict[str, float]:
         policy.load_state_dict(ckpt["policy"])
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"]
+        print(f"resumed from {ckpt_path} at iteration {start}")
     save_json(out / "config.json", asdict(args))
     logger = RunLogger(out, fields=FIELDS, total=args.iterations, initial=start, rows=log_rows,
-                       tensorboard=args.tensorboard, progress=args.progress, desc=f"maml_trpo {args.env}")
+                       tensorboard=args.tensorboard, progress=args.progress, desc=f"maml_trpo {args.env}",
+                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop
 
     def checkpoint(iteration: int) -> None:
         save_checkpoint(ckpt_path, {
@@ -242,12 +318,13 @@ def main(args: Args) -> dict[str, float]:
         tasks = tasks_dist.sample_tasks(meta_batch, generator=g)
 
         # 1. inner loop: sample with the current (adapted) policy, take a step, re-sample, ...
-        params, batches, pre_returns = theta, [], None
+        params, batches, pre_returns, inner = theta, [], None, []
         for _ in range(args.inner_steps):
             episodes = sample(params, tasks)
             pre_returns = episodes.returns.mean() if pre_returns is None else pre_returns
             batches.append(process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda))
-            params = mo.tree.stop_gradient(adapt_fn(theta, batches))
+            params, before = mo.tree.stop_gradient(adapt_fn(theta, batches)), params
+            inner.append(check_step(before, params, batches[-1]))  # warns on a runaway step
         adapted = params  # per-task, leading task dim
 
         # 2. post-update episodes from the adapted policies, and their advantages
@@ -261,7 +338,7 @@ def main(args: Args) -> dict[str, float]:
         # 3. outer TRPO step on theta, through the inner step(s)
         def surrogate_fn(theta):  # likelihood ratio of the adapted policies on post-update data, per real step
             log_probs = per_task_log_probs(policy, adapt_all(theta, batches), post_obs, post_actions)
-            objective = estimators.likelihood_ratio_objective(log_probs, old_log_probs, post_adv, mask=post_mask)
+            objective = estimators.lvc_objective(log_probs, post_adv, sampling_log_probs=old_log_probs, mask=post_mask)
             return (objective.sum(-1) / post_mask.sum((-2, -1))).mean()
 
         def kl_fn(theta):  # KL(adapted before the update || adapted at theta) on post-update states
@@ -281,15 +358,21 @@ def main(args: Args) -> dict[str, float]:
         logger.log(it + 1, {
             "return/pre": pre_returns.item(), "return/post": post_return, "trpo/surrogate": info.surrogate_before,
             "trpo/improvement": info.improvement, "trpo/kl": info.kl, "trpo/backtracks": info.backtracks,
-            "trpo/accepted": float(info.accepted), "policy/std": policy.log_std.exp().mean().item(),
+            "trpo/accepted": float(info.accepted), "policy/std": policy_std(policy, env.observation_dim),
+            "inner/kl": torch.stack([d["kl"].mean() for d in inner]).mean().item(),
+            "inner/kl_max": torch.stack([d["kl"].max() for d in inner]).max().item(),
+            "inner/step_norm": torch.stack([d["step_norm"].mean() for d in inner]).mean().item(),
+            "inner/log_std_change": torch.stack([d["log_std_change"].max() for d in inner]).max().item(),
             "env_steps": env_steps, "time/sample_s": t1 - t0, "time/update_s": t2 - t1,
         })
         logger.advance(1, pre=pre_returns.item(), post=post_return)
         if args.compile and it == start + 1:
             logger.write(f"compile_meta_step: compiled={adapt_fn.compiled}, took {adapt_fn.compile_seconds} s"
                          + ("" if adapt_fn.compiled else f" (eager fallback: {adapt_fn.fallback_reason})"))
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations:
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
             checkpoint(it + 1)
+            logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
+    logger.close()  # also gives Ctrl-C back: it stops the evaluation below at once
     train_seconds = time.perf_counter() - train_start
 
     # --- metrics and learning curve --------------------------------------------------------------
@@ -310,37 +393,54 @@ def main(args: Args) -> dict[str, float]:
 
     # --- final evaluation: adapt the meta-policy to held-out tasks for 0..eval_steps steps -------
     if args.eval_tasks:
-        table = evaluate(policy, env_name, loss_fn, args, num_tasks=args.eval_tasks, steps=args.eval_steps,
+        curve = evaluate(policy, env_name, loss_fn, args, num_tasks=args.eval_tasks, steps=args.eval_steps,
                          seed=args.eval_seed, horizon=horizon)
-        write_evaluation(out, table, title=f"MAML-TRPO ({args.estimator}), {env_name}")
-        for k, (mean, ci) in enumerate(table):
-            metrics[f"eval_return_{k}"], metrics[f"eval_return_{k}_ci95"] = mean, ci
+        write_evaluation(out, curve, title=f"MAML-TRPO ({args.estimator}), {env_name}")
+        metrics.update({f"eval_{k}": v for k, v in evaluation_metrics(curve).items()})
     save_json(out / "metrics.json", metrics)
     logger.write(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    logger.close()
     return metrics
 
 
 def evaluate(policy, env_name: str, loss_fn, args: Args, *, num_tasks: int, steps: int, seed: int,
-             horizon: int) -> list[tuple[float, float]]:
-    """(mean, 95% CI half-width) over held-out tasks of the return after 0..steps inner steps."""
+             horizon: int) -> Tensor:
+    """Mean return of each held-out task after 0..steps inner steps, `(steps + 1, task)`."""
     g = torch.Generator().manual_seed(seed)
     tasks = envs.task_distribution(env_name).sample_tasks(num_tasks, generator=g)
     env = envs.make_batched(env_name, num_tasks=num_tasks, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
-    curve = adaptation_curve(policy, mo.nn.named_params(policy), env, tasks, loss_fn, steps=steps,
-                             inner_lr=args.inner_lr, gamma=args.gamma, gae_lambda=args.gae_lambda,
-                             horizon=horizon, generator=g)
-    return [mean_confidence_interval(row) for row in curve]
+    return adaptation_curve(policy, mo.nn.named_params(policy), env, tasks, loss_fn, steps=steps,
+                            inner_lr=args.inner_lr, gamma=args.gamma, gae_lambda=args.gae_lambda,
+                            horizon=horizon, generator=g, inner_max_kl=args.inner_max_kl,
+                            check=make_step_check(policy, args))
 
 
-def write_evaluation(out: Path, table: list[tuple[float, float]], *, title: str) -> None:
-    """eval.csv, eval.md and eval.png: return vs adaptation steps."""
+def evaluation_metrics(curve: Tensor) -> dict[str, float]:
+    """return_k (mean over tasks) and return_k_ci95, and for k >= 1 the paired gain over the same tasks,
+    gain_k = mean_i (R_ik - R_i0), its 95% CI (gain_k_ci95) and median (gain_k_median)."""
+    metrics: dict[str, float] = {}
+    for k, row in enumerate(curve):
+        metrics[f"return_{k}"], metrics[f"return_{k}_ci95"] = mean_confidence_interval(row)
+        if k:
+            gain = row - curve[0]
+            metrics[f"gain_{k}"], metrics[f"gain_{k}_ci95"] = mean_confidence_interval(gain)
+            metrics[f"gain_{k}_median"] = gain.median().item()
+    return metrics
+
+
+def write_evaluation(out: Path, curve: Tensor, *, title: str) -> None:
+    """eval.csv, eval.md and eval.png: return vs adaptation steps; eval_tasks.csv: the return of every task."""
     out.mkdir(parents=True, exist_ok=True)
+    table = [mean_confidence_interval(row) for row in curve]
+    gains = [mean_confidence_interval(row - curve[0]) for row in curve]
     lines = ["steps,return_mean,return_ci95", *[f"{k},{m:.4f},{c:.4f}" for k, (m, c) in enumerate(table)]]
     (out / "eval.csv").write_text("\n".join(lines) + "\n")
-    md = ["| adaptation steps | mean return | 95% CI |", "|---:|---:|---:|",
-          *[f"| {k} | {m:.2f} | ± {c:.2f} |" for k, (m, c) in enumerate(table)]]
+    per_task = [",".join(["task", *[f"return_{k}" for k in range(len(curve))]]),
+                *[",".join([str(i), *[f"{x:.4f}" for x in column.tolist()]]) for i, column in enumerate(curve.T)]]
+    (out / "eval_tasks.csv").write_text("\n".join(per_task) + "\n")
+    md = ["| adaptation steps | mean return | 95% CI | paired gain vs 0 steps |", "|---:|---:|---:|---:|",
+          *[f"| {k} | {m:.2f} | ± {c:.2f} | {g:+.2f} ± {gc:.2f} |" for k, ((m, c), (g, gc)) in
+            enumerate(zip(table, gains, strict=True))]]
     (out / "eval.md").write_text("\n".join(md) + "\n")
     steps = list(range(len(table)))
     plot_learning_curve(out / "eval.png", {

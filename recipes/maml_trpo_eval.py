@@ -2,7 +2,8 @@
 """Adapts a saved MAML-TRPO meta-policy to held-out tasks for 0..N policy-gradient steps.
 
 Writes ``eval.csv``, ``eval.md`` (mean return and 95% confidence interval over tasks per number
-of adaptation steps) and ``eval.png`` (return vs adaptation steps). The inner step is the one of
+of adaptation steps, and the paired gain over the same tasks), ``eval_tasks.csv`` (every task's
+return) and ``eval.png`` (return vs adaptation steps). The inner step is the one of
 the training run (its estimator, learning rate, baseline and GAE), re-sampling after each step.
 
 Run ``python -m recipes.maml_trpo_eval --run-dir runs/maml_trpo``.
@@ -18,7 +19,7 @@ import tyro
 
 from metaops import envs
 from metaops.experiment import load_checkpoint, save_json
-from recipes.maml_trpo import ENVS, Args, evaluate, make_inner_loss, make_policy, write_evaluation
+from recipes.maml_trpo import Args, evaluate, evaluation_metrics, make_inner_loss, make_policy, write_evaluation
 
 
 @dataclass
@@ -52,22 +53,21 @@ def main(eval_args: EvalArgs) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     if eval_args.episodes is not None:
         args.episodes = eval_args.episodes
-    env_name = ENVS[args.env]
+    env_name = args.env
 
     probe = envs.make_batched(env_name, num_tasks=1, episodes_per_task=1)
-    policy = make_policy(probe, args.hidden)
+    policy = make_policy(probe, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std)
     policy.load_state_dict(ckpt["policy"])
     loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
     torch.manual_seed(eval_args.seed)
-    table = evaluate(policy, env_name, loss_fn, args, num_tasks=eval_args.tasks, steps=eval_args.steps,
+    curve = evaluate(policy, env_name, loss_fn, args, num_tasks=eval_args.tasks, steps=eval_args.steps,
                      seed=eval_args.seed, horizon=args.horizon or probe.horizon)
 
     out = Path(eval_args.out_dir) if eval_args.out_dir is not None else Path(eval_args.run_dir) / "eval"
     title = f"MAML-TRPO ({args.estimator}), {env_name}, iteration {ckpt['iteration']}"
-    write_evaluation(out, table, title=title)
-    metrics = {"iteration": float(ckpt["iteration"]), "env_steps": float(ckpt["env_steps"])}
-    for k, (mean, ci) in enumerate(table):
-        metrics[f"return_{k}"], metrics[f"return_{k}_ci95"] = mean, ci
+    write_evaluation(out, curve, title=title)
+    metrics = {"iteration": float(ckpt["iteration"]), "env_steps": float(ckpt["env_steps"]),
+               **evaluation_metrics(curve)}
     save_json(out / "eval.json", metrics)
     print((out / "eval.md").read_text(), end="")
     return metrics

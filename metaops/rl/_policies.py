@@ -1,19 +1,30 @@
-"""Gaussian and categorical MLP policies usable functionally, and their pure distribution maths.
+"""Gaussian and categorical MLP policies usable functionally, their pure distribution maths,
+and the size of an inner step in policy space.
 
 A policy's ``forward`` returns distribution parameters, so
 ``torch.func.functional_call(policy, params, (obs,))`` works with per-task ``params`` under
 ``vmap``. The methods ``log_prob``, ``sample``, ``entropy``, ``kl`` and ``mode`` use no
 parameters: they act on those distribution parameters and delegate to the pure functions here.
+
+An inner policy-gradient step that is small in parameter space can be huge in policy space.
+``quadratic_kl`` measures a step there (differentiably), ``kl_bounded_sgd`` bounds it, and
+``check_inner_step`` warns about an implausible one.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
-from metaops.estimators._validate import check_float
+from metaops.estimators._validate import _is_plain, as_mask, check_float
+from metaops.inner._base import InnerOptimizer
+from metaops.tree import tree_axpy, tree_leaves, tree_map, tree_scale, tree_sq_dist
+from metaops.typing import Params
 
 __all__ = [
     "gaussian_log_prob",
@@ -26,6 +37,10 @@ __all__ = [
     "categorical_sample",
     "GaussianMLPPolicy",
     "CategoricalMLPPolicy",
+    "quadratic_kl",
+    "kl_bounded_sgd",
+    "check_inner_step",
+    "InnerStepWarning",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -237,18 +252,48 @@ def categorical_sample(logits: Tensor, *, generator: torch.Generator | None = No
 class GaussianMLPPolicy(nn.Module):
     r"""Diagonal Gaussian MLP policy with a learned, state-independent log standard deviation.
 
-    $\pi_\theta(a\mid s) = \mathcal{N}\big(a;\ \mu_\theta(s),\ \operatorname{diag}(e^{2\log\sigma})
-    \big)$, with $\mu_\theta$ an MLP and $\log\sigma$ a parameter vector named ``log_std``.
+    $\pi_\theta(a\mid s) = \mathcal{N}\big(a;\ \mu_\theta(s),\ \operatorname{diag}(\sigma^2)\big)$,
+    with $\mu_\theta$ an MLP and $\log\sigma$ a parameter vector named ``log_std``.
     ``forward(obs)`` returns the distribution parameters ``(mean, log_std)``, ``log_std``
     broadcast to ``mean``'s shape; use ``torch.func.functional_call(policy, params, (obs,))``
     with your own (adapted) ``params``.
+
+    **Bounded actions** (``action_bounds=(low, high)``, the parameterisation of the ProMP and
+    MAML reference code). The policy then lives in a normalised action space
+    $x \in [-L, L]^d$, $L$ = ``normalized_bound``, mapped affinely onto the box: with centre
+    $c = (\mathrm{high} + \mathrm{low})/2$ and half-range $h = (\mathrm{high} - \mathrm{low})/2$,
+    $a = c + h \odot x / L$. The mean is squashed into the box and the standard deviation is
+    measured in normalised units,
+
+    $$\mu_x(s) = L \tanh\big(f_\theta(s) / L\big), \qquad \sigma_x = e^{\log\sigma}, \qquad
+      \mu(s) = c + h \odot \tanh\big(f_\theta(s)/L\big), \qquad \sigma = h \odot e^{\log\sigma} / L .$$
+
+    With the default $L = 10$ and ``init_log_std=0`` this is the reference code's policy (it
+    samples in $[-10, 10]$ with initial $\sigma = 1$ and rescales to the bounds): the initial
+    standard deviation is a tenth of the half-range, the squashing is the identity near 0, and
+    the score $\nabla_{f}\log\pi$ and the KL of a change of $f$ do not depend on the width of
+    the box. Without bounds the mean is the raw MLP output and $\sigma = e^{\log\sigma}$ in the
+    units of the actions: with actions clipped to a narrow box, an unbounded mean and a wide
+    $\sigma$, one policy-gradient step can move the mean far outside the box.
+
+    **Floor.** With ``min_log_std`` the policy uses $\max(\log\sigma, \log\sigma_{\min})$ (no
+    gradient below the floor), which keeps the score $\nabla_\mu \log\pi \propto 1/\sigma$ and the
+    KL of a step in the mean from exploding as $\sigma$ shrinks.
 
     Args:
         obs_dim: Observation size.
         act_dim: Action size $d$.
         hidden_sizes: Hidden layer widths.
         activation: Activation module class.
-        init_log_std: Initial $\log\sigma$.
+        init_log_std: Initial $\log\sigma$ (in normalised units with ``action_bounds``).
+        min_log_std: Optional floor of $\log\sigma$ (in normalised units with ``action_bounds``).
+        action_bounds: Optional ``(low, high)``, each a float or a sequence of $d$ floats with
+            ``low < high``: squash the mean into the box and work in the normalised space.
+        normalized_bound: $L$, the bound of the normalised action space.
+
+    Raises:
+        ValueError: If the bounds are not finite with ``low < high`` and shape ``(d,)`` or
+            scalar, ``normalized_bound`` is not positive, or ``min_log_std > init_log_std``.
 
     Examples:
         >>> policy = GaussianMLPPolicy(3, 2, hidden_sizes=(8,))
@@ -260,6 +305,14 @@ class GaussianMLPPolicy(nn.Module):
         torch.Size([5])
         >>> policy.kl(dist, dist)
         tensor([0., 0., 0., 0., 0.], grad_fn=<SumBackward1>)
+
+        Bounded actions in $[-0.1, 0.1]^2$, initial $\sigma$ a tenth of the half-range:
+
+        >>> bounded = GaussianMLPPolicy(3, 2, hidden_sizes=(8,), min_log_std=math.log(0.1),
+        ...                             action_bounds=(-0.1, 0.1))
+        >>> mean, log_std = bounded(1e4 * torch.randn(50, 3))
+        >>> bool(mean.abs().max() <= 0.1), log_std.exp()[0]
+        (True, tensor([0.0100, 0.0100], grad_fn=<SelectBackward0>))
     """
 
     def __init__(
@@ -270,15 +323,37 @@ class GaussianMLPPolicy(nn.Module):
         hidden_sizes: tuple[int, ...] = (100, 100),
         activation: type[nn.Module] = nn.Tanh,
         init_log_std: float = 0.0,
+        min_log_std: float | None = None,
+        action_bounds: tuple[float | Sequence[float] | Tensor, float | Sequence[float] | Tensor] | None = None,
+        normalized_bound: float = 10.0,
     ) -> None:
         super().__init__()
+        if min_log_std is not None and not min_log_std <= init_log_std:
+            raise ValueError(f"min_log_std ({min_log_std}) must not exceed init_log_std ({init_log_std})")
+        if not 0 < normalized_bound < math.inf:
+            raise ValueError(f"normalized_bound must be positive and finite, got {normalized_bound}")
+        self.normalized_bound = float(normalized_bound)
         self.mean_net = mlp(obs_dim, tuple(hidden_sizes), act_dim, activation)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        self.min_log_std = None if min_log_std is None else float(min_log_std)
+        self.bounded = action_bounds is not None
+        if action_bounds is not None:
+            low, high = (torch.as_tensor(b, dtype=torch.float32).expand(act_dim).clone() for b in action_bounds)
+            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (low < high).all()):
+                raise ValueError(f"action_bounds must be finite with low < high, got {low.tolist()}, {high.tolist()}")
+            # constants, not parameters: non-persistent buffers follow .to()/.double() and stay
+            # out of state_dict, so checkpoints of bounded and unbounded policies look alike
+            self.register_buffer("action_center", (high + low) / 2, persistent=False)
+            self.register_buffer("action_scale", (high - low) / 2, persistent=False)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """Returns ``(mean, log_std)``, both of shape `(..., act_dim)`."""
+        """Returns ``(mean, log_std)``, both of shape `(..., act_dim)`, in the units of the actions."""
         mean = self.mean_net(obs)
-        return mean, self.log_std.expand_as(mean)
+        log_std = self.log_std if self.min_log_std is None else torch.clamp(self.log_std, min=self.min_log_std)
+        if self.bounded:  # x = L tanh(f / L) in [-L, L], mapped onto the box: a = c + h x / L
+            mean = self.action_center + self.action_scale * torch.tanh(mean / self.normalized_bound)
+            log_std = log_std + torch.log(self.action_scale / self.normalized_bound)
+        return mean, log_std.expand_as(mean)
 
     def log_prob(self, dist: tuple[Tensor, Tensor], actions: Tensor) -> Tensor:
         """Log-density summed over action dimensions, shape `(...)`."""
@@ -354,3 +429,248 @@ class CategoricalMLPPolicy(nn.Module):
     def mode(self, dist: Tensor) -> Tensor:
         """The most likely action, ``int64`` of shape `(...)`."""
         return dist.argmax(-1)
+
+
+def _masked_mean(values: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of per-step ``values`` `(..., T)` over the real steps."""
+    mask = as_mask(mask, "per-step values", values)
+    if mask is None:
+        return values.mean()
+    weights = mask.to(values.dtype)
+    values = torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return (values * weights).sum() / weights.sum()
+
+
+def quadratic_kl(
+    policy: nn.Module, params: Params, direction: Params, observations: Tensor, *, mask: Tensor | None = None
+) -> Tensor:
+    r"""Quadratic (Fisher) estimate of the mean KL of a parameter step $\delta$ in policy space.
+
+    $$\overline{\mathrm{KL}}\big(\pi_\theta \,\|\, \pi_{\theta+\delta}\big)
+      = \tfrac12\,\delta^\top F(\theta)\,\delta + O(\lVert\delta\rVert^3), \qquad
+      \tfrac12\,\delta^\top F\delta = \frac{1}{N}\sum_{t} m_t\, \tfrac12\,
+      \frac{d^2}{d\varepsilon^2}\mathrm{KL}\big(\pi_\theta(\cdot\mid s_t)\,\big\|\,
+      \pi_\theta(\cdot\mid s_t) + \varepsilon\,J_t\delta\big)\Big|_{\varepsilon=0},$$
+
+    with $F$ the Fisher information of the action distributions averaged over the real steps
+    and $J_t\delta$ the change of the distribution parameters at $s_t$ to first order (one
+    forward-mode product through the policy, ``torch.func.jvp``; the second derivative comes
+    from ``policy.kl`` on the distribution parameters, so any policy with a ``kl`` method
+    works). For the Gaussian policy it is
+    $\sum_i \big[(J\delta)_{\mu_i}^2 / (2\sigma_i^2) + (J\delta)_{\log\sigma_i}^2\big]$ per step.
+    Pure and differentiable in ``params`` and ``direction`` (e.g. through an inner gradient),
+    so it works under ``vmap`` and inside a differentiated inner step.
+
+    Args:
+        policy: A policy module such as [metaops.rl.GaussianMLPPolicy][].
+        params: Parameters $\theta$ at which the step starts.
+        direction: The step $\delta$, a pytree with the structure of ``params``.
+        observations: States, shape `(..., T, obs_dim)`.
+        mask: Optional padding mask `(..., T)`, 1 for real steps.
+
+    Returns:
+        A non-negative scalar, the estimated mean KL over the real steps.
+
+    Examples:
+        >>> policy = GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+        >>> params = {k: v.detach() for k, v in policy.named_parameters()}
+        >>> step = {k: torch.zeros_like(v) for k, v in params.items()}
+        >>> step["log_std"] = torch.tensor([0.1])  # sigma x e^0.1: KL ~ 0.1^2 per state
+        >>> quadratic_kl(policy, params, step, torch.randn(5, 2))
+        tensor(0.0100)
+    """
+    dist, tangent = torch.func.jvp(lambda p: functional_call(policy, p, (observations,)), (params,), (direction,))
+    leaf = tree_leaves(tangent)[0]
+    origin = torch.zeros((), dtype=leaf.dtype, device=leaf.device)
+    unit = torch.ones_like(origin)
+
+    def kl_along(eps: Tensor) -> Tensor:  # KL(pi || pi moved by eps along the tangent), per step
+        return policy.kl(dist, tree_map(lambda d, t: d + eps * t, dist, tangent))
+
+    slope = lambda eps: torch.func.jvp(kl_along, (eps,), (unit,))[1]
+    curvature = torch.func.jvp(slope, (origin,), (unit,))[1]  # d^2/d eps^2 at 0, (..., T)
+    return 0.5 * _masked_mean(curvature, mask)
+
+
+def kl_bounded_sgd(
+    policy: nn.Module, observations: Tensor, *, lr: float, max_kl: float, mask: Tensor | None = None
+) -> InnerOptimizer:
+    r"""SGD whose step is shrunk, differentiably, until its estimated mean KL is at most ``max_kl``.
+
+    The plain step $\delta = -\alpha\, g$ is scaled by a factor computed in closed form from the
+    quadratic KL estimate on the support states ([metaops.rl.quadratic_kl][]):
+
+    $$\phi = \theta + s\,\delta, \qquad
+      s = \min\!\Big(1,\ \sqrt{\epsilon \,/\, \tfrac12\,\delta^\top F(\theta)\,\delta}\Big),$$
+
+    so $\tfrac12 (s\delta)^\top F (s\delta) \le \epsilon$: steps already inside the bound are plain
+    SGD steps, larger ones are cut back to the bound (a trust region for the inner step). No
+    line search and no branch on values: it works under ``vmap`` and every mode of
+    [metaops.inner.adapt][], and meta-gradients flow through $s$ (as a function of $\theta$ and
+    of the inner gradient). The bound is on the *estimate*; the exact KL of a step that moves
+    $\log\sigma$ or a saturated ``tanh`` far can differ from it.
+
+    Build it inside the differentiated function, per task, since it holds that task's support
+    observations.
+
+    Args:
+        policy: The policy module (its ``forward`` gives the distribution parameters).
+        observations: The task's support states, shape `(..., T, obs_dim)`.
+        lr: Step size $\alpha > 0$.
+        max_kl: The bound $\epsilon > 0$ on the estimated mean KL of one step.
+        mask: Optional padding mask `(..., T)`, 1 for real steps.
+
+    Returns:
+        An [metaops.inner.InnerOptimizer][].
+
+    Raises:
+        ValueError: If ``lr`` or ``max_kl`` is not a positive finite number.
+
+    Examples:
+        >>> from metaops.inner import adapt
+        >>> policy = GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+        >>> params = {k: v.detach() for k, v in policy.named_parameters()}
+        >>> obs, actions = torch.randn(8, 2), torch.randn(8, 1)
+        >>> loss_fn = lambda p, b: -policy.log_prob(torch.func.functional_call(policy, p, (b,)), actions).mean()
+        >>> adapted = adapt(loss_fn, params, obs, kl_bounded_sgd(policy, obs, lr=10.0, max_kl=0.01), steps=1)
+        >>> step = {k: adapted[k] - params[k] for k in params}
+        >>> float(quadratic_kl(policy, params, step, obs)) <= 0.01 + 1e-6
+        True
+    """
+    for name, value in (("lr", lr), ("max_kl", max_kl)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+            raise ValueError(f"kl_bounded_sgd: {name} must be a positive finite number, got {value!r}")
+
+    def step(params: Params, grads: Params, state: tuple, hyperparams: dict) -> tuple[Params, tuple]:
+        direction = tree_scale(grads, -lr)
+        kl = quadratic_kl(policy, params, direction, observations, mask=mask)
+        scale = torch.sqrt(max_kl / torch.clamp(kl, min=max_kl))  # 1 inside the bound; no 0/0 at kl = 0
+        return tree_axpy(scale, direction, params), state
+
+    return InnerOptimizer(init=lambda params: (), step=step, hyperparams={},
+                          name=f"kl_bounded_sgd(lr={lr}, max_kl={max_kl})")
+
+
+class InnerStepWarning(UserWarning):
+    """Warned by [metaops.rl.check_inner_step][] when an inner step moves the policy implausibly far.
+
+    Turn it into an error with ``warnings.filterwarnings("error", category=InnerStepWarning)``.
+    """
+
+
+def _step_stats(policy: nn.Module, params: Params, adapted: Params, observations: Tensor,
+                mask: Tensor | None) -> dict[str, Tensor]:
+    """Per-task statistics of one step (pure; vmapped over tasks by check_inner_step)."""
+    dist_p = functional_call(policy, params, (observations,))
+    dist_q = functional_call(policy, adapted, (observations,))
+    kl = policy.kl(dist_p, dist_q)  # (..., T)
+    bool_mask = as_mask(mask, "kl per step", kl)
+    real = torch.ones_like(kl, dtype=torch.bool) if bool_mask is None else bool_mask
+    stats = {
+        "kl": _masked_mean(kl, mask),
+        "kl_max": torch.where(real, kl, torch.zeros_like(kl)).amax(),
+        "step_norm": torch.sqrt(tree_sq_dist({k: adapted[k] for k in params}, params)),
+    }
+    if isinstance(dist_p, tuple) and len(dist_p) == 2:  # (mean, log_std): a Gaussian policy
+        change = (dist_q[1] - dist_p[1]).abs().amax(-1)  # (..., T)
+        stats["log_std_change"] = torch.where(real, change, torch.zeros_like(change)).amax()
+    return stats
+
+
+def check_inner_step(
+    policy: nn.Module,
+    params: Params,
+    adapted: Params,
+    observations: Tensor,
+    *,
+    mask: Tensor | None = None,
+    max_kl: float = 1.0,
+    max_log_std_change: float = 1.0,
+) -> dict[str, Tensor]:
+    r"""Measures an inner step in policy space and warns when it is implausibly large.
+
+    Returns, per task, the mean and the largest KL between the policies before and after the
+    step on the support states, $\overline{\mathrm{KL}}(\pi_\theta \,\|\, \pi_\phi)$ and
+    $\max_t \mathrm{KL}_t$, the parameter step norm $\lVert\phi - \theta\rVert_2$ and, for a
+    Gaussian policy (distribution ``(mean, log_std)``), the largest change of $\log\sigma$.
+    It warns ([metaops.rl.InnerStepWarning][]) when the mean KL exceeds ``max_kl``, $\log\sigma$
+    moves by more than ``max_log_std_change`` or a statistic is not finite. Such a step has
+    left the region where the policy gradient describes it: the post-update policy can be far
+    worse than the pre-update one, and meta-gradients through the step explode. Lower the inner
+    learning rate, normalise the advantages (or scale the rewards), or bound the step with
+    [metaops.rl.kl_bounded_sgd][].
+
+    Call it outside ``torch.func`` transforms, on detached values (it reads them). Task
+    batches are recognised by shape: ``adapted`` (and optionally ``params``) may carry a
+    leading task dimension, with ``observations`` and ``mask`` shaped `(task, ..., T, ...)`.
+
+    Args:
+        policy: The policy module.
+        params: Parameters before the step (shared, or one set per task).
+        adapted: Parameters after the step (same keys; shared or one set per task).
+        observations: Support states, shape `(..., T, obs_dim)`, or `(task, ..., T, obs_dim)`.
+        mask: Optional padding mask `(..., T)`, 1 for real steps.
+        max_kl: Warn above this mean KL per state (nats). The default, one nat, is a hundred
+            times the trust regions of TRPO and ProMP: the policy after such a step is a
+            different policy, not a corrected one.
+        max_log_std_change: Warn when some $\log\sigma$ moves by more than this (the default
+            is a factor $e$ in $\sigma$).
+
+    Returns:
+        ``{"kl", "kl_max", "step_norm"}`` and, for Gaussian policies, ``"log_std_change"``:
+        detached tensors of shape `()` or `(task,)`.
+
+    Raises:
+        ValueError: If the parameter shapes fit neither a single task nor a task batch.
+
+    Examples:
+        >>> import warnings
+        >>> policy = GaussianMLPPolicy(2, 1, hidden_sizes=(4,))
+        >>> params = {k: v.detach() for k, v in policy.named_parameters()}
+        >>> adapted = dict(params, log_std=params["log_std"] + 23.0)  # a runaway step
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     stats = check_inner_step(policy, params, adapted, torch.randn(5, 2))
+        >>> stats["log_std_change"], caught[0].category.__name__
+        (tensor(23.), 'InnerStepWarning')
+    """
+    reference = dict(policy.named_parameters())
+
+    def batched(tree: Params, name: str) -> bool:
+        extra = {tree[k].dim() - reference[k].dim() for k in tree}
+        if extra == {0} or extra == {1}:
+            return extra == {1}
+        raise ValueError(f"check_inner_step: {name} must hold one set of parameters or one per task "
+                         f"(a leading task dimension on every leaf), got shapes "
+                         f"{ {k: tuple(v.shape) for k, v in tree.items()} }")
+
+    with torch.no_grad():
+        params, adapted = tree_map(torch.Tensor.detach, params), tree_map(torch.Tensor.detach, adapted)
+        if batched(adapted, "adapted") or batched(params, "params"):
+            in_dims = (0 if batched(params, "params") else None, 0 if batched(adapted, "adapted") else None, 0,
+                       None if mask is None else 0)
+            stats = torch.func.vmap(lambda p, q, o, m: _step_stats(policy, p, q, o, m), in_dims=in_dims)(
+                params, adapted, observations, mask)
+        else:
+            stats = _step_stats(policy, params, adapted, observations, mask)
+    if not _is_plain(stats["kl"]):
+        return stats  # inside a transform no value can be read
+    bad = ~(stats["kl"] <= max_kl)  # NaN is bad too
+    if "log_std_change" in stats:
+        bad = bad | ~(stats["log_std_change"] <= max_log_std_change)
+    if bool(bad.any()):
+        tasks = bad.reshape(-1).nonzero().reshape(-1).tolist()
+        where = f" for task(s) {tasks[:10]}" if bad.dim() else ""
+        worst = lambda x: float(x.reshape(-1)[tasks].max()) if bad.dim() else float(x)
+        detail = f"mean KL {worst(stats['kl']):.3g} per state (> {max_kl})"
+        if "log_std_change" in stats:
+            detail += f", log-std moved by {worst(stats['log_std_change']):.3g} (> {max_log_std_change})"
+        warnings.warn(
+            f"implausible inner step{where}: {detail}, parameter step norm {worst(stats['step_norm']):.3g}. "
+            "The policy moved far outside the region where the policy gradient describes the step: lower "
+            "the inner learning rate, normalise the advantages or scale the rewards, or bound the step with "
+            "metaops.rl.kl_bounded_sgd.",
+            InnerStepWarning,
+            stacklevel=2,
+        )
+    return stats

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import distributions as td
 from torch.func import functional_call, grad, vmap
 
+from metaops.inner import adapt, sgd
 from metaops.rl import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
+    InnerStepWarning,
     QCritic,
     ValueCritic,
     categorical_entropy,
     categorical_kl,
     categorical_log_prob,
+    check_inner_step,
     gaussian_entropy,
     gaussian_kl,
     gaussian_log_prob,
+    kl_bounded_sgd,
+    mean_kl,
+    quadratic_kl,
 )
 from metaops.tree import tree_map, tree_stack
 
@@ -144,3 +152,196 @@ def test_distribution_functions_pass_gradcheck_and_gradgradcheck():
         inputs = tuple(x.clone().requires_grad_(True) for x in inputs)
         assert torch.autograd.gradcheck(fn, inputs)
         assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+# --- bounded actions, the log-std floor and the size of an inner step in policy space -----------------
+
+
+def _bounded(low=-0.1, high=0.1, **kwargs):
+    torch.manual_seed(0)
+    return GaussianMLPPolicy(3, 2, hidden_sizes=(8,), action_bounds=(low, high), **kwargs).double()
+
+
+def test_bounded_policy_keeps_the_mean_in_the_box_and_starts_at_a_tenth_of_the_half_range():
+    policy = _bounded(low=torch.tensor([-0.1, 0.0]), high=torch.tensor([0.1, 2.0]))
+    with torch.no_grad():
+        policy.mean_net[-1].bias.copy_(torch.tensor([1e4, -1e4]))  # a runaway output
+    mean, log_std = policy(_randn(50, 3))
+    torch.testing.assert_close(mean, torch.tensor([0.1, 0.0], dtype=D).expand(50, 2))  # saturates at the bounds
+    torch.testing.assert_close(log_std.exp()[0], torch.tensor([0.01, 0.1], dtype=D))  # 0.1 x half-range
+    # near the centre the squashing is the identity in normalised units: mean = c + h f / L
+    policy_zero = _bounded()
+    with torch.no_grad():
+        policy_zero.mean_net[-1].weight.zero_()
+        policy_zero.mean_net[-1].bias.fill_(1e-3)
+    torch.testing.assert_close(policy_zero(_randn(4, 3))[0], torch.full((4, 2), 1e-5, dtype=D), rtol=1e-6, atol=0)
+    assert "action_center" not in policy.state_dict() and set(dict(policy.named_parameters())) == {
+        "mean_net.0.weight", "mean_net.0.bias", "mean_net.2.weight", "mean_net.2.bias", "log_std"}
+
+
+def test_bounded_policy_score_and_kl_do_not_depend_on_the_width_of_the_box():
+    """The reference parameterisation: the same network is the same policy on any box, so the inner step
+    (gradient of log pi wrt the parameters) and its KL are the same for +-0.1 and +-10 actions."""
+    narrow, wide = _bounded(-0.1, 0.1), _bounded(-10.0, 10.0)
+    params = {k: v.detach() for k, v in narrow.named_parameters()}
+    obs, noise = _randn(6, 3), _randn(6, 2)
+
+    def score(policy):  # of the same normalised action in each box
+        mean, log_std = policy(obs)
+        actions = (mean + log_std.exp() * noise).detach()
+        return grad(lambda p: policy.log_prob(functional_call(policy, p, (obs,)), actions).sum())(params)
+
+    for k, v in score(narrow).items():
+        torch.testing.assert_close(v, score(wide)[k])
+    step = tree_map(lambda p: 0.3 * torch.ones_like(p), params)
+    moved = tree_map(torch.add, params, step)
+    torch.testing.assert_close(mean_kl(narrow, params, moved, obs), mean_kl(wide, params, moved, obs))
+
+
+def test_log_std_floor_clamps_and_stops_the_gradient_below_it():
+    policy = GaussianMLPPolicy(3, 1, hidden_sizes=(4,), init_log_std=-1.0, min_log_std=-2.0).double()
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    low = dict(params, log_std=torch.tensor([-5.0], dtype=D))
+    assert torch.all(functional_call(policy, low, (_randn(3, 3),))[1] == -2.0)
+    obs, actions = _randn(5, 3), _randn(5, 1)
+    log_lik = lambda p: policy.log_prob(functional_call(policy, p, (obs,)), actions).sum()
+    assert grad(log_lik)(low)["log_std"].abs().max() == 0
+    assert grad(log_lik)(params)["log_std"].abs().max() > 0
+    with pytest.raises(ValueError, match="min_log_std"):
+        GaussianMLPPolicy(3, 1, init_log_std=-3.0, min_log_std=-2.0)
+    with pytest.raises(ValueError, match="low < high"):
+        GaussianMLPPolicy(3, 2, action_bounds=(0.1, -0.1))
+    with pytest.raises(ValueError, match="normalized_bound"):
+        GaussianMLPPolicy(3, 2, action_bounds=(-1, 1), normalized_bound=0.0)
+
+
+def _hessian_quadratic(policy, params, step, obs):
+    """1/2 step^T F step, F = the Hessian of KL(pi_params || pi_p) at p = params (dense reference)."""
+    f = lambda p: mean_kl(policy, params, p, obs)
+    hvp_value = torch.func.jvp(grad(f), (params,), (step,))[1]
+    return 0.5 * sum((step[k] * hvp_value[k]).sum() for k in params)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "gaussian-bounded", "categorical"])
+def test_quadratic_kl_is_the_fisher_quadratic_and_the_small_step_limit_of_the_kl(kind):
+    torch.manual_seed(0)
+    if kind == "categorical":
+        policy = CategoricalMLPPolicy(3, 4, hidden_sizes=(8,)).double()
+    else:
+        bounds = (-0.1, 0.1) if kind == "gaussian-bounded" else None
+        policy = GaussianMLPPolicy(3, 2, hidden_sizes=(8,), init_log_std=-0.5, action_bounds=bounds).double()
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    step = tree_map(lambda p: _randn(*p.shape), params)
+    obs, mask = _randn(2, 7, 3), (torch.arange(7) < torch.tensor([[7], [4]])).double()
+    quad = quadratic_kl(policy, params, step, obs)
+    torch.testing.assert_close(quad, _hessian_quadratic(policy, params, step, obs))
+    small = tree_map(lambda s: 1e-3 * s, step)
+    exact = mean_kl(policy, params, tree_map(torch.add, params, small), obs)
+    torch.testing.assert_close(quadratic_kl(policy, params, small, obs), exact, rtol=1e-2, atol=0)
+    per_row = [quadratic_kl(policy, params, step, obs[0]), quadratic_kl(policy, params, step, obs[1, :4])]
+    masked = quadratic_kl(policy, params, step, obs, mask=mask)
+    torch.testing.assert_close(masked, (7 * per_row[0] + 4 * per_row[1]) / 11)
+
+
+def test_quadratic_kl_passes_gradcheck_and_gradgradcheck_and_vmaps():
+    policy = _bounded()
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    step = tree_map(lambda p: _randn(*p.shape), params)
+    obs = _randn(5, 3)
+    fn = lambda s, t: quadratic_kl(policy, tree_map(lambda p: p + t, params), tree_map(lambda d: s * d, step), obs)
+    inputs = (torch.tensor(0.7, dtype=D, requires_grad=True), torch.tensor(0.1, dtype=D, requires_grad=True))
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+    scaled = [tree_map(lambda d, i=i: d * (i + 1), step) for i in range(3)]
+    batched = vmap(lambda s: quadratic_kl(policy, params, s, obs))(tree_stack(scaled))
+    looped = torch.stack([quadratic_kl(policy, params, s, obs) for s in scaled])
+    torch.testing.assert_close(batched, looped)
+    torch.testing.assert_close(batched, looped[0] * torch.tensor([1.0, 4.0, 9.0], dtype=D))  # quadratic in the step
+
+
+def _inner_problem(num_tasks=3):
+    policy = _bounded()
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    obs, actions, adv = _randn(num_tasks, 4, 5, 3), 0.1 * _randn(num_tasks, 4, 5, 2), _randn(num_tasks, 4, 5)
+
+    def loss_fn(p, batch):
+        o, a, w = batch
+        return -(policy.log_prob(functional_call(policy, p, (o,)), a) * w).mean()
+
+    return policy, params, (obs, actions, adv), loss_fn
+
+
+def test_kl_bounded_sgd_is_sgd_inside_the_bound_and_cuts_larger_steps_to_it():
+    policy, params, data, loss_fn = _inner_problem()
+    task = tree_map(lambda x: x[0], data)
+    g = grad(loss_fn)(params, task)
+    for lr, max_kl in [(1e-4, 0.1), (1.0, 0.1), (1.0, 1e-3)]:
+        opt = kl_bounded_sgd(policy, task[0], lr=lr, max_kl=max_kl)
+        adapted = adapt(loss_fn, params, task, opt, steps=1)
+        plain = adapt(loss_fn, params, task, sgd(lr), steps=1)
+        sgd_kl = quadratic_kl(policy, params, tree_map(lambda x: -lr * x, g), task[0])
+        step_kl = quadratic_kl(policy, params, tree_map(torch.sub, adapted, params), task[0])
+        if sgd_kl <= max_kl:  # inside the bound: exactly SGD
+            for k in params:
+                torch.testing.assert_close(adapted[k], plain[k])
+        else:  # cut back along the SGD direction, to the bound
+            torch.testing.assert_close(step_kl, torch.tensor(max_kl, dtype=D))
+            scale = (adapted["log_std"] - params["log_std"]) / (plain["log_std"] - params["log_std"])
+            torch.testing.assert_close(scale, torch.full_like(scale, float((max_kl / sgd_kl) ** 0.5)))
+    with pytest.raises(ValueError, match="max_kl"):
+        kl_bounded_sgd(policy, task[0], lr=0.1, max_kl=0.0)
+
+
+def test_kl_bounded_sgd_vmaps_and_its_meta_gradient_matches_finite_differences():
+    policy, params, data, loss_fn = _inner_problem()
+
+    def post_loss(theta, batch):  # one KL-bounded step, then the loss on the same batch
+        adapted = adapt(loss_fn, theta, batch, kl_bounded_sgd(policy, batch[0], lr=1.0, max_kl=0.05), steps=1)
+        return loss_fn(adapted, batch)
+
+    batched = grad(lambda th: vmap(post_loss, in_dims=(None, 0))(th, data).mean())(params)
+    looped = grad(lambda th: torch.stack([post_loss(th, tree_map(lambda x, i=i: x[i], data))
+                                          for i in range(3)]).mean())(params)
+    for k in params:
+        torch.testing.assert_close(batched[k], looped[k])
+    task = tree_map(lambda x: x[0], data)
+    slice_fn = lambda s: post_loss(dict(params, log_std=params["log_std"] + s), task)
+    s0 = torch.tensor([0.1, -0.2], dtype=D, requires_grad=True)
+    assert torch.autograd.gradcheck(slice_fn, (s0,))
+    assert torch.autograd.gradgradcheck(slice_fn, (s0,))
+
+
+def test_check_inner_step_warns_on_a_runaway_step_only():
+    policy = GaussianMLPPolicy(3, 1, hidden_sizes=(4,))
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    obs = torch.randn(2, 6, 3)
+    small = tree_map(lambda p: p + 1e-3, params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stats = check_inner_step(policy, params, small, obs)
+    assert set(stats) == {"kl", "kl_max", "step_norm", "log_std_change"} and stats["kl"] < 1e-3
+    # the tutorial issue: raw rewards moved log-std to 23 in one step
+    with pytest.warns(InnerStepWarning, match=r"log-std moved by 23"):
+        check_inner_step(policy, params, dict(params, log_std=params["log_std"] + 23.0), obs)
+    # a large move of the mean alone (std unchanged)
+    far = dict(params, **{"mean_net.2.bias": params["mean_net.2.bias"] + 5.0})
+    with pytest.warns(InnerStepWarning, match=r"mean KL 12\.5 per state"):
+        check_inner_step(policy, params, far, obs)
+    with pytest.warns(InnerStepWarning, match="mean KL nan"):
+        check_inner_step(policy, params, dict(params, log_std=params["log_std"] * float("nan")), obs)
+    with pytest.raises(ValueError, match="leading task dimension"):
+        check_inner_step(policy, params, dict(params, log_std=torch.zeros(2, 2, 1)), obs)
+
+
+def test_check_inner_step_on_a_task_batch_names_the_bad_tasks():
+    policy = CategoricalMLPPolicy(3, 2, hidden_sizes=(4,))
+    params = {k: v.detach() for k, v in policy.named_parameters()}
+    shifts = torch.tensor([0.0, 0.0, 30.0, 0.0])
+    adapted = {k: v.expand(4, *v.shape).clone() for k, v in params.items()}
+    adapted["logits_net.2.bias"] = adapted["logits_net.2.bias"] + shifts[:, None] * torch.tensor([1.0, -1.0])
+    obs, mask = torch.randn(4, 3, 5, 3), torch.ones(4, 3, 5)
+    with pytest.warns(InnerStepWarning, match=r"for task\(s\) \[2\]"):
+        stats = check_inner_step(policy, params, adapted, obs, mask=mask)
+    assert stats["kl"].shape == (4,) and "log_std_change" not in stats
+    assert stats["kl"][2] > 5 and stats["kl"][[0, 1, 3]].abs().max() < 1e-6
+    torch.testing.assert_close(stats["step_norm"], shifts * 2**0.5)
