@@ -16,17 +16,34 @@ from metaops.rl._kl import kl_hvp, mean_kl
 from metaops.rl._policies import (
     CategoricalMLPPolicy,
     GaussianMLPPolicy,
+    InnerStepWarning,
     categorical_entropy,
     categorical_kl,
     categorical_log_prob,
     categorical_sample,
+    check_inner_step,
     gaussian_entropy,
     gaussian_kl,
     gaussian_log_prob,
     gaussian_sample,
+    kl_bounded_sgd,
+    quadratic_kl,
 )
 from metaops.rl._ppo import ppo_clip_objective, promp_objective
+from metaops.rl._replay import ReplayBuffer, Transitions
 from metaops.rl._returns import discounted_returns, gae, normalize_advantages
+from metaops.rl._sac import (
+    SquashedGaussianMLPPolicy,
+    TwinQCritic,
+    polyak_update,
+    sac_actor_loss,
+    sac_critic_loss,
+    sac_loss,
+    sac_soft_target,
+    sac_temperature_loss,
+    squashed_gaussian_log_prob,
+    squashed_gaussian_sample,
+)
 from metaops.rl._trpo import TRPOInfo, trpo_step
 
 __all__ = [
@@ -50,6 +67,11 @@ __all__ = [
     "categorical_kl",
     "categorical_entropy",
     "categorical_sample",
+    # the size of an inner step in policy space
+    "quadratic_kl",
+    "kl_bounded_sgd",
+    "check_inner_step",
+    "InnerStepWarning",
     # critics
     "ValueCritic",
     "QCritic",
@@ -60,4 +82,17 @@ __all__ = [
     "TRPOInfo",
     "ppo_clip_objective",
     "promp_objective",
+    # off-policy actor-critic (SAC)
+    "SquashedGaussianMLPPolicy",
+    "squashed_gaussian_log_prob",
+    "squashed_gaussian_sample",
+    "TwinQCritic",
+    "polyak_update",
+    "sac_soft_target",
+    "sac_critic_loss",
+    "sac_actor_loss",
+    "sac_temperature_loss",
+    "sac_loss",
+    "Transitions",
+    "ReplayBuffer",
 ]

@@ -1,0 +1,248 @@
+"""Single-task SAC on gymnasium's HalfCheetah-v5: metaops.rl against stable-baselines3's SAC.
+
+Both use SB3's SAC defaults: Adam with lr 3e-4 for actor, critics and temperature, replay buffer
+of 1e6, batch 256, tau 0.005, gamma 0.99, two 256-256 ReLU networks per critic and for the actor,
+log-std clamped to [-20, 2], learning_starts 100 (uniform random actions before), one gradient
+step per environment step, automatic entropy tuning with target -act_dim and initial alpha 1.
+
+The metaops loop is written out below (`MetaopsSAC`): a `ReplayBuffer` with one task, noise drawn
+from an explicit generator, `sac_loss` (critic, actor and temperature losses in one backward
+pass), one Adam over all parameters (Adam is elementwise, so this equals SB3's three Adams) and
+`polyak_update` of the target critic. One difference remains: SB3 evaluates the actor loss with
+the critic it has just updated, metaops with the critic before the step.
+
+Two commands:
+
+* `timing`: wall time per 1,000 gradient updates (`train`: sample, losses, backward, Adam,
+  Polyak) and per 1,000 environment steps of the full loop (`learn`: act, step MuJoCo, store,
+  update), for torch threads 1 and 2, the implementations and thread counts interleaved and
+  repeated because the machine may be shared; the median and the minimum are reported.
+* `train`: one training run of `--steps` environment steps for one implementation and seed,
+  then `--eval-episodes` deterministic episodes (the mean action); appends a JSON line to `--out`.
+
+Usage:
+    python benchmarks/bench_sac.py timing [--repeats 5] [--threads 1 2] [--updates 1000]
+    python benchmarks/bench_sac.py train --impl metaops --seed 0 --steps 30000 --out runs/sac.jsonl
+    python benchmarks/bench_sac.py summary runs/sac.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from metaops.rl import ReplayBuffer, SquashedGaussianMLPPolicy, Transitions, TwinQCritic, polyak_update, sac_loss
+
+ENV = "HalfCheetah-v5"
+HP = dict(lr=3e-4, buffer_size=1_000_000, batch_size=256, tau=0.005, gamma=0.99, learning_starts=100,
+          hidden=(256, 256))
+
+
+class MetaopsSAC:
+    """SB3-equivalent SAC written with metaops.rl (one task, one environment)."""
+
+    def __init__(self, env: gym.Env, seed: int) -> None:
+        obs_dim, act_dim = env.observation_space.shape[0], env.action_space.shape[0]
+        low, high = env.action_space.low, env.action_space.high
+        torch.manual_seed(seed)
+        self.env, self.seed = env, seed
+        self.policy = SquashedGaussianMLPPolicy(obs_dim, act_dim, hidden_sizes=HP["hidden"],
+                                                action_bounds=(low.tolist(), high.tolist()))
+        self.critic = TwinQCritic(obs_dim, act_dim, hidden_sizes=HP["hidden"])
+        self.params = {"policy": dict(self.policy.named_parameters()), "critic": dict(self.critic.named_parameters()),
+                       "log_alpha": torch.zeros((), requires_grad=True)}  # alpha = 1 at the start, as in SB3
+        self.target = {k: v.detach().clone() for k, v in self.params["critic"].items()}
+        leaves = [*self.params["policy"].values(), *self.params["critic"].values(), self.params["log_alpha"]]
+        self.optimizer = torch.optim.Adam(leaves, lr=HP["lr"])
+        self.buffer = ReplayBuffer(1, HP["buffer_size"], obs_shape=obs_dim, act_shape=act_dim, seed=seed)
+        self.noise = torch.Generator().manual_seed(seed + 1)
+        self.act_dim = act_dim
+        env.action_space.seed(seed)
+        self.obs, _ = env.reset(seed=seed)
+        self.steps, self.episode_return, self.returns = 0, 0.0, []
+        self.last_aux: dict[str, float] = {}
+
+    def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        with torch.no_grad():
+            dist = self.policy(torch.as_tensor(obs, dtype=torch.float32))
+            if deterministic:
+                return self.policy.mode(dist).numpy()
+            return self.policy.sample(dist, torch.randn(self.act_dim, generator=self.noise))[0].numpy()
+
+    def train(self, gradient_steps: int) -> None:
+        """SB3's `train(gradient_steps, batch_size)`: sample, losses, one backward, Adam, Polyak."""
+        b = HP["batch_size"]
+        for _ in range(gradient_steps):
+            batch = Transitions(*(x[0] for x in self.buffer.sample(b)))  # (1, b, ...) -> (b, ...): the only task
+            noise = torch.randn(2, b, self.act_dim, generator=self.noise)
+            loss, aux = sac_loss(self.policy, self.critic, self.params, self.target, batch, noise[0], noise[1],
+                                 gamma=HP["gamma"])
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+            self.target = polyak_update(self.target, self.params["critic"], tau=HP["tau"])
+        self.last_aux = {k: float(v) for k, v in aux.items()}
+
+    def learn(self, steps: int) -> None:
+        """SB3's `learn`: act (random before learning_starts), step, store, one update per step."""
+        for _ in range(steps):
+            if self.steps < HP["learning_starts"]:
+                action = self.env.action_space.sample()
+            else:
+                action = self.act(self.obs)
+            next_obs, reward, terminated, truncated, _ = self.env.step(action)
+            self.buffer.add(self.obs[None], action[None], np.array([reward]), next_obs[None], np.array([terminated]))
+            self.episode_return += float(reward)
+            self.obs = next_obs
+            if terminated or truncated:
+                self.returns.append(self.episode_return)
+                self.obs, _ = self.env.reset()
+                self.episode_return = 0.0
+            self.steps += 1
+            if self.steps > HP["learning_starts"]:
+                self.train(1)
+
+    def evaluate(self, env: gym.Env, episodes: int, seed: int) -> list[float]:
+        returns = []
+        for i in range(episodes):
+            obs, _ = env.reset(seed=seed + i)
+            total, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(self.act(obs, deterministic=True))
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+        return returns
+
+
+def make_sb3(env: gym.Env, seed: int):
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.monitor import Monitor
+
+    return SAC("MlpPolicy", Monitor(env), learning_rate=HP["lr"], buffer_size=HP["buffer_size"],
+               learning_starts=HP["learning_starts"], batch_size=HP["batch_size"], tau=HP["tau"],
+               gamma=HP["gamma"], train_freq=1, gradient_steps=1, ent_coef="auto",
+               policy_kwargs=dict(net_arch=list(HP["hidden"])), seed=seed, device="cpu", verbose=0)
+
+
+def sb3_evaluate(model, env: gym.Env, episodes: int, seed: int) -> list[float]:
+    returns = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        total, done = 0.0, False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        returns.append(total)
+    return returns
+
+
+def timing(args: argparse.Namespace) -> None:
+    """Interleaved wall (and process CPU) times per 1,000 updates and per 1,000 full-loop steps."""
+    rows: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    torch.set_num_threads(1)
+    ours, theirs = MetaopsSAC(gym.make(ENV), seed=0), make_sb3(gym.make(ENV), seed=0)
+    ours.learn(args.warmup)  # fill the buffers a little and warm up both
+    theirs.learn(args.warmup)
+    n, per_1k = args.updates, 1000 / args.updates  # time n updates (steps), report seconds per 1,000
+    impls = {
+        "metaops": (lambda: ours.train(n), lambda: ours.learn(n)),
+        "sb3": (lambda: theirs.train(n, HP["batch_size"]), lambda: theirs.learn(n, reset_num_timesteps=False)),
+    }
+    for repeat in range(args.repeats):
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            order = list(impls) if repeat % 2 == 0 else list(impls)[::-1]
+            for name in order:
+                for what, fn in zip(("updates", "env steps + updates"), impls[name], strict=True):
+                    start, cpu = time.perf_counter(), time.process_time()
+                    fn()
+                    took = ((time.perf_counter() - start) * per_1k, (time.process_time() - cpu) * per_1k)
+                    rows.setdefault((name, threads, what), []).append(took)
+                    print(f"repeat {repeat} threads {threads} {name:8s} {what:24s} per 1k: wall {took[0]:.2f} s "
+                          f"cpu {took[1]:.2f} s", flush=True)
+    print(f"\n{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.repeats} repeats of "
+          f"{n} updates (steps), interleaved; seconds per 1,000\n")
+    print("| what | torch threads | implementation | wall s, median | wall s, min | process CPU s, median |")
+    print("|---|---:|---|---:|---:|---:|")
+    for (name, threads, what), times in sorted(rows.items(), key=lambda kv: (kv[0][2], kv[0][1], kv[0][0])):
+        wall, cpu = [t[0] for t in times], [t[1] for t in times]
+        print(f"| {what} | {threads} | {name} | {statistics.median(wall):.2f} | {min(wall):.2f} | "
+              f"{statistics.median(cpu):.2f} |")
+
+
+def train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    if args.impl == "metaops":
+        agent = MetaopsSAC(gym.make(ENV), seed=args.seed)
+        agent.learn(args.steps)
+        train_returns = agent.returns
+        evaluate = lambda env: agent.evaluate(env, args.eval_episodes, seed=10_000 + args.seed)
+    else:
+        model = make_sb3(gym.make(ENV), seed=args.seed)
+        model.learn(args.steps)
+        train_returns = [float(r) for r in model.env.envs[0].get_episode_rewards()]
+        evaluate = lambda env: sb3_evaluate(model, env, args.eval_episodes, seed=10_000 + args.seed)
+    train_s = time.perf_counter() - start
+    eval_returns = evaluate(gym.make(ENV))
+    record = {"impl": args.impl, "seed": args.seed, "steps": args.steps, "threads": args.threads,
+              "train_s": round(train_s, 1), "eval_mean": float(np.mean(eval_returns)), "eval_returns": eval_returns,
+              "train_returns": train_returns}
+    print(json.dumps({k: v for k, v in record.items() if k != "train_returns"}))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def summary(args: argparse.Namespace) -> None:
+    records = [json.loads(line) for line in Path(args.path).read_text().splitlines() if line.strip()]
+    print("| implementation | steps | seeds | eval return (mean of seeds) | per seed | last 5 training episodes "
+          "(mean of seeds) | train wall s (mean) |")
+    print("|---|---:|---:|---:|---|---:|---:|")
+    for impl in sorted({r["impl"] for r in records}):
+        for steps in sorted({r["steps"] for r in records if r["impl"] == impl}):
+            rs = sorted((r for r in records if r["impl"] == impl and r["steps"] == steps), key=lambda r: r["seed"])
+            per_seed = ", ".join(f"{r['eval_mean']:.0f}" for r in rs)
+            last5 = np.mean([np.mean(r["train_returns"][-5:]) for r in rs])
+            print(f"| {impl} | {steps} | {len(rs)} | {np.mean([r['eval_mean'] for r in rs]):.0f} | {per_seed} | "
+                  f"{last5:.0f} | {np.mean([r['train_s'] for r in rs]):.0f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("timing")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--updates", type=int, default=1000, help="updates (steps) timed per measurement")
+    p.add_argument("--warmup", type=int, default=300, help="environment steps before timing (incl. updates)")
+    p.set_defaults(fn=timing)
+    p = sub.add_parser("train")
+    p.add_argument("--impl", choices=["metaops", "sb3"], required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=30_000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--out", type=str, default="")
+    p.set_defaults(fn=train)
+    p = sub.add_parser("summary")
+    p.add_argument("path")
+    p.set_defaults(fn=summary)
+    args = parser.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
