@@ -71,8 +71,12 @@ def test_page_runs_as_a_program(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the snippets write runs/...; keep them out of the repository
     main = types.ModuleType("__main__")  # a fresh script, as `python page.py` runs it (and as
     monkeypatch.setitem(sys.modules, "__main__", main)  # torch.compile looks its globals up)
-    for code in program(page):
-        exec(compile(code, str(page), "exec"), main.__dict__)  # noqa: S102
+    for i, code in enumerate(program(page)):
+        # a real .py file per block, so that tracebacks, inspect and torch.compile read the
+        # source the code came from (the .md page's lines do not match the block's)
+        script = tmp_path / f"{page.stem}_block{i}.py"
+        script.write_text(code)
+        exec(compile(code, str(script), "exec"), main.__dict__)  # noqa: S102
     out = capsys.readouterr().out
     if page.name == "maml_in_a_few_lines.md":
         assert "matches finite differences" in out
