@@ -235,8 +235,9 @@ def main(args: Args) -> dict[str, float]:
             params = inner_step(params, batch)  # phi_{k+1}(theta), re-computed from the current theta
         obs, actions, advantages, mask, old_log_probs = post
         dist = functional_call(policy, params, (obs,))
-        clipped = rl.ppo_clip_objective(policy.log_prob(dist, actions), old_log_probs, advantages, clip=args.clip,
-                                        mask=mask).sum() / mask.sum()
+        log_probs = policy.log_prob(dist, actions)
+        clipped = estimators.ppo_clip_objective(log_probs, old_log_probs, advantages, clip=args.clip,
+                                                mask=mask).sum() / mask.sum()
         return clipped, torch.stack(inner_kls), masked_mean(policy.kl(post_old_dist, dist), mask)
 
     all_tasks_terms = vmap(task_terms, in_dims=(None, 0, 0, 0, 0))  # theta shared, everything else per task

@@ -7,6 +7,7 @@ to **maximise**, and work under ``torch.func.grad``, ``vmap`` and ``.backward()`
 
 from metaops.estimators._dice import dice_objective, loaded_dice_objective, magic_box
 from metaops.estimators._lvc import lvc_objective
+from metaops.estimators._ppo import ppo_clip_objective, promp_objective
 from metaops.estimators._surrogate import score_function_objective
 
 __all__ = [
@@ -14,5 +15,7 @@ __all__ = [
     "dice_objective",
     "loaded_dice_objective",
     "lvc_objective",
+    "ppo_clip_objective",
+    "promp_objective",
     "score_function_objective",
 ]

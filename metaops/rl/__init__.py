@@ -29,7 +29,6 @@ from metaops.rl._policies import (
     kl_bounded_sgd,
     quadratic_kl,
 )
-from metaops.rl._ppo import ppo_clip_objective, promp_objective
 from metaops.rl._replay import ReplayBuffer, Transitions
 from metaops.rl._returns import discounted_returns, gae, normalize_advantages
 from metaops.rl._sac import (
@@ -80,8 +79,6 @@ __all__ = [
     "kl_hvp",
     "trpo_step",
     "TRPOInfo",
-    "ppo_clip_objective",
-    "promp_objective",
     # off-policy actor-critic (SAC)
     "SquashedGaussianMLPPolicy",
     "squashed_gaussian_log_prob",

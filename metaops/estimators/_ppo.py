@@ -87,7 +87,7 @@ def promp_objective(
       \pi_\theta\big),$$
 
     where $\theta' = \theta + \alpha \nabla_\theta \mathcal{J}^{\mathrm{LVC}}(\theta)$ is the
-    adapted policy, the clipped term ([metaops.rl.ppo_clip_objective][]) is evaluated on
+    adapted policy, the clipped term ([metaops.estimators.ppo_clip_objective][]) is evaluated on
     post-update trajectories sampled with $\pi_{\theta_\text{o}'}$, and the KL penalty keeps the
     *pre-update* policy close to the one that sampled the pre-update data (compute it with
     [metaops.rl.mean_kl][] on pre-update observations).
@@ -107,7 +107,7 @@ def promp_objective(
 
     Raises:
         TypeError: If a tensor is not floating point, or the dtypes differ.
-        ValueError: As for [metaops.rl.ppo_clip_objective][].
+        ValueError: As for [metaops.estimators.ppo_clip_objective][].
 
     Examples:
         >>> lp = torch.log(torch.tensor([0.5, 0.5]))

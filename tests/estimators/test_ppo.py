@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch.func import grad
 
-from metaops.estimators import lvc_objective
-from metaops.rl import ppo_clip_objective, promp_objective
+from metaops.estimators import lvc_objective, ppo_clip_objective, promp_objective
 
 D = torch.float64
 
