@@ -31,6 +31,7 @@ from metaops.experiment import (
     check_positive,
     load_run_checkpoint,
     mean_confidence_interval,
+    paired_gains,
     plot_learning_curve,
     save_checkpoint,
     save_json,
@@ -396,7 +397,7 @@ def main(args: Args) -> dict[str, float]:
         curve = evaluate(policy, env_name, loss_fn, args, num_tasks=args.eval_tasks, steps=args.eval_steps,
                          seed=args.eval_seed, horizon=horizon)
         write_evaluation(out, curve, title=f"MAML-TRPO ({args.estimator}), {env_name}")
-        metrics.update({f"eval_{k}": v for k, v in evaluation_metrics(curve).items()})
+        metrics.update(paired_gains(curve, prefix="eval_"))
     save_json(out / "metrics.json", metrics)
     logger.write(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return metrics
@@ -413,19 +414,6 @@ def evaluate(policy, env_name: str, loss_fn, args: Args, *, num_tasks: int, step
                             inner_lr=args.inner_lr, gamma=args.gamma, gae_lambda=args.gae_lambda,
                             horizon=horizon, generator=g, inner_max_kl=args.inner_max_kl,
                             check=make_step_check(policy, args))
-
-
-def evaluation_metrics(curve: Tensor) -> dict[str, float]:
-    """return_k (mean over tasks) and return_k_ci95, and for k >= 1 the paired gain over the same tasks,
-    gain_k = mean_i (R_ik - R_i0), its 95% CI (gain_k_ci95) and median (gain_k_median)."""
-    metrics: dict[str, float] = {}
-    for k, row in enumerate(curve):
-        metrics[f"return_{k}"], metrics[f"return_{k}_ci95"] = mean_confidence_interval(row)
-        if k:
-            gain = row - curve[0]
-            metrics[f"gain_{k}"], metrics[f"gain_{k}_ci95"] = mean_confidence_interval(gain)
-            metrics[f"gain_{k}_median"] = gain.median().item()
-    return metrics
 
 
 def write_evaluation(out: Path, curve: Tensor, *, title: str) -> None:

@@ -18,8 +18,8 @@ import torch
 import tyro
 
 from metaops import envs
-from metaops.experiment import load_checkpoint, save_json
-from recipes.maml_trpo import Args, evaluate, evaluation_metrics, make_inner_loss, make_policy, write_evaluation
+from metaops.experiment import load_checkpoint, paired_gains, save_json
+from recipes.maml_trpo import Args, evaluate, make_inner_loss, make_policy, write_evaluation
 
 
 @dataclass
@@ -67,7 +67,7 @@ def main(eval_args: EvalArgs) -> dict[str, float]:
     title = f"MAML-TRPO ({args.estimator}), {env_name}, iteration {ckpt['iteration']}"
     write_evaluation(out, curve, title=title)
     metrics = {"iteration": float(ckpt["iteration"]), "env_steps": float(ckpt["env_steps"]),
-               **evaluation_metrics(curve)}
+               **paired_gains(curve)}
     save_json(out / "eval.json", metrics)
     print((out / "eval.md").read_text(), end="")
     return metrics

@@ -32,6 +32,7 @@ from metaops.experiment import (
     check_positive,
     load_run_checkpoint,
     mean_confidence_interval,
+    paired_gains,
     plot_learning_curve,
     save_checkpoint,
     save_json,
@@ -358,11 +359,7 @@ def main(args: Args) -> dict[str, float]:
     if args.eval_tasks:
         curve = evaluate(policy, args, num_tasks=args.eval_tasks, steps=args.eval_steps, seed=args.eval_seed)
         write_evaluation(out, curve, title=f"ProMP, {args.env}")
-        for k in range(curve.shape[0]):
-            metrics[f"eval_return_{k}"], metrics[f"eval_return_{k}_ci95"] = mean_confidence_interval(curve[k])
-            if k:  # paired: the same tasks before and after k steps
-                gain = mean_confidence_interval(curve[k] - curve[0])
-                metrics[f"eval_gain_{k}"], metrics[f"eval_gain_{k}_ci95"] = gain
+        metrics.update(paired_gains(curve, prefix="eval_"))  # paired: the same tasks before and after k steps
     save_json(out / "metrics.json", metrics)
     logger.write(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return metrics

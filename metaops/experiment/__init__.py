@@ -18,6 +18,7 @@ from metaops.experiment._stats import (
     format_summary,
     last_finite,
     mean_confidence_interval,
+    paired_gains,
     summarize_steps,
     summarize_tasks,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RunInterrupted",
     "save_json",
     "mean_confidence_interval",
+    "paired_gains",
     "summarize_tasks",
     "summarize_steps",
     "format_summary",

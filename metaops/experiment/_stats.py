@@ -9,7 +9,14 @@ from statistics import NormalDist
 import torch
 from torch import Tensor
 
-__all__ = ["mean_confidence_interval", "summarize_tasks", "summarize_steps", "format_summary", "last_finite"]
+__all__ = [
+    "mean_confidence_interval",
+    "summarize_tasks",
+    "summarize_steps",
+    "paired_gains",
+    "format_summary",
+    "last_finite",
+]
 
 
 def mean_confidence_interval(
@@ -108,6 +115,37 @@ def summarize_steps(curves: Tensor, steps: Sequence[int], *, prefix: str) -> dic
     metrics: dict[str, float] = {}
     for k in (0, *steps):  # a task whose adaptation diverges is counted, not dropped
         metrics |= summarize_tasks(curves[:, k], name=f"{prefix}_pre" if k == 0 else f"{prefix}_{k}")
+    return metrics
+
+
+def paired_gains(curve: Tensor, *, prefix: str = "") -> dict[str, float]:
+    r"""Summarises returns after $0..K$ adaptation steps on the same tasks, with paired gains.
+
+    For each $k$: ``return_k`` (mean over tasks) and ``return_k_ci95``; for $k \ge 1$ the
+    paired gain over the same tasks, $g_k = \frac{1}{n}\sum_i (R_{ik} - R_{i0})$ as ``gain_k``,
+    its 95% half-width ``gain_k_ci95`` and median ``gain_k_median``. Pairing removes the
+    spread between tasks, which a comparison of the two means would keep.
+
+    Args:
+        curve: Returns of shape `(K + 1, tasks)`: row $k$ after $k$ adaptation steps.
+        prefix: Prepended to every key (e.g. ``"eval_"``).
+
+    Returns:
+        The metrics, keyed as above.
+
+    Examples:
+        >>> curve = torch.tensor([[-3.0, -1.0, -2.0], [-1.0, 0.0, -1.0]])
+        >>> m = paired_gains(curve, prefix="eval_")
+        >>> round(m["eval_return_1"], 4), round(m["eval_gain_1"], 4), m["eval_gain_1_median"]
+        (-0.6667, 1.3333, 1.0)
+    """
+    metrics: dict[str, float] = {}
+    for k, row in enumerate(curve):
+        metrics[f"{prefix}return_{k}"], metrics[f"{prefix}return_{k}_ci95"] = mean_confidence_interval(row)
+        if k:
+            gain = row - curve[0]
+            metrics[f"{prefix}gain_{k}"], metrics[f"{prefix}gain_{k}_ci95"] = mean_confidence_interval(gain)
+            metrics[f"{prefix}gain_{k}_median"] = gain.median().item()
     return metrics
 
 
