@@ -22,6 +22,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import platform
 import tempfile
@@ -77,7 +78,7 @@ class _Clock:
 
 def run(recipe: str, *, env: str, meta_batch: int, episodes: int, horizon: int | None, iterations: int,
         threads: int, physics_threads: int, inner_steps: int | None,
-        hidden: tuple[int, ...] | None) -> list[dict[str, float]]:
+        hidden: tuple[int, ...] | None, extra: dict[str, Any] | None = None) -> list[dict[str, float]]:
     if recipe == "promp":
         from recipes import promp as module
     else:
@@ -104,6 +105,7 @@ def run(recipe: str, *, env: str, meta_batch: int, episodes: int, horizon: int |
                 options["inner_steps"] = inner_steps
             if hidden is not None:
                 options["hidden"] = hidden
+            options.update(extra or {})
             module.main(module.Args(**options))
     finally:
         for (obj, name), value in zip(patched, saved):
@@ -123,15 +125,28 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="policy widths; default: the recipe's")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads of the meta-update")
     parser.add_argument("--physics-threads", type=int, default=2, help="MuJoCo stepping threads")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="other recipe options by Args field, e.g. fisher_subsample=0.25 (values parsed as "
+                             "Python literals)")
     a = parser.parse_args()
+    extra = {}
+    for item in a.set:
+        field, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes FIELD=VALUE, got {item!r}")
+        try:
+            extra[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[field] = value  # a plain string
 
     print(f"{a.recipe} on {a.env}: {a.meta_batch} tasks x {a.episodes} episodes x H={a.horizon}, "
-          f"hidden {a.hidden or 'default'}, torch threads {a.threads}, physics threads {a.physics_threads}")
+          f"hidden {a.hidden or 'default'}, torch threads {a.threads}, physics threads {a.physics_threads}"
+          + "".join(f", {k}={v!r}" for k, v in extra.items()))
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} (1 min) at the start")
     rows = run(a.recipe, env=a.env, meta_batch=a.meta_batch, episodes=a.episodes, horizon=a.horizon,
                iterations=a.iterations, threads=a.threads, physics_threads=a.physics_threads,
-               inner_steps=a.inner_steps, hidden=None if a.hidden is None else tuple(a.hidden))
+               inner_steps=a.inner_steps, hidden=None if a.hidden is None else tuple(a.hidden), extra=extra)
     cols = ["sampling", "processing", "adaptation", "outer", "other", "total", "cpu_sampling", "cpu_total"]
     print("| iteration | env steps | " + " | ".join(f"{c} (s)" for c in cols) + " |")
     print("|---:" * (len(cols) + 2) + "|")

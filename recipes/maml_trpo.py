@@ -30,11 +30,11 @@ from metaops.experiment import (
     RunLogger,
     check_positive,
     load_run_checkpoint,
-    mean_confidence_interval,
     paired_gains,
     plot_learning_curve,
     save_checkpoint,
     save_json,
+    write_adaptation_evaluation,
 )
 
 ENVS = envs.env_names()
@@ -95,6 +95,9 @@ class Args:
     """conjugate-gradient iterations of the TRPO step"""
     cg_damping: float = 1e-5
     """damping added to the Fisher matrix"""
+    fisher_subsample: float = 1.0
+    """fraction of the meta-batch's tasks whose KL defines the Fisher-vector products (rllab's subsample_factor;
+    the line search always checks the KL on all tasks); 1: all tasks, as in the MAML paper"""
     backtrack_ratio: float = 0.8
     """line-search shrink factor"""
     max_backtracks: int = 15
@@ -134,6 +137,8 @@ FIELDS = ["return/pre", "return/post", "trpo/surrogate", "trpo/improvement", "tr
 def validate(args: Args) -> None:
     if args.env not in ENVS:  # the CLI checks this too; Args(env=...) from Python does not
         raise ValueError(f"unknown env {args.env!r}; the registered environments are {', '.join(ENVS)}")
+    if not 0 < args.fisher_subsample <= 1:
+        raise ValueError(f"fisher_subsample must be in (0, 1], got {args.fisher_subsample}")
     check_positive(args, "iterations", "episodes", "inner_steps", "inner_lr", "max_kl", "cg_steps",
                    "max_backtracks", "threads", "physics_threads", "checkpoint_every", "init_std", "min_std",
                    "warn_inner_kl", "warn_log_std_change")
@@ -342,14 +347,18 @@ def main(args: Args) -> dict[str, float]:
             objective = estimators.lvc_objective(log_probs, post_adv, sampling_log_probs=old_log_probs, mask=post_mask)
             return (objective.sum(-1) / post_mask.sum((-2, -1))).mean()
 
-        def kl_fn(theta):  # KL(adapted before the update || adapted at theta) on post-update states
+        def kl_fn(theta, tasks=slice(None)):  # KL(adapted before the update || adapted at theta), post states
+            take = lambda tree: mo.tree.tree_map(lambda x: x[tasks], tree)  # these tasks' rows
             kl = vmap(lambda old, new, o, m: rl.mean_kl(policy, old, new, o, mask=m))(
-                adapted, adapt_all(theta, batches), post_obs, post_mask)
+                take(adapted), adapt_all(theta, take(batches)), post_obs[tasks], post_mask[tasks])
             return kl.mean()
 
+        subsample = slice(0, max(1, round(args.fisher_subsample * meta_batch)))  # tasks are i.i.d.: the first m
         new_theta, info = rl.trpo_step(surrogate_fn, kl_fn, theta, max_kl=args.max_kl, damping=args.cg_damping,
                                        cg_steps=args.cg_steps, backtrack_ratio=args.backtrack_ratio,
-                                       max_backtracks=args.max_backtracks)
+                                       max_backtracks=args.max_backtracks,
+                                       fisher_kl_fn=None if args.fisher_subsample == 1 else
+                                       lambda theta: kl_fn(theta, subsample))
         with torch.no_grad():
             for name, p in policy.named_parameters():
                 p.copy_(new_theta[name])
@@ -396,7 +405,7 @@ def main(args: Args) -> dict[str, float]:
     if args.eval_tasks:
         curve = evaluate(policy, env_name, loss_fn, args, num_tasks=args.eval_tasks, steps=args.eval_steps,
                          seed=args.eval_seed, horizon=horizon)
-        write_evaluation(out, curve, title=f"MAML-TRPO ({args.estimator}), {env_name}")
+        write_adaptation_evaluation(out, curve, title=f"MAML-TRPO ({args.estimator}), {env_name}")
         metrics.update(paired_gains(curve, prefix="eval_"))
     save_json(out / "metrics.json", metrics)
     logger.write(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -414,28 +423,6 @@ def evaluate(policy, env_name: str, loss_fn, args: Args, *, num_tasks: int, step
                             inner_lr=args.inner_lr, gamma=args.gamma, gae_lambda=args.gae_lambda,
                             horizon=horizon, generator=g, inner_max_kl=args.inner_max_kl,
                             check=make_step_check(policy, args))
-
-
-def write_evaluation(out: Path, curve: Tensor, *, title: str) -> None:
-    """eval.csv, eval.md and eval.png: return vs adaptation steps; eval_tasks.csv: the return of every task."""
-    out.mkdir(parents=True, exist_ok=True)
-    table = [mean_confidence_interval(row) for row in curve]
-    gains = [mean_confidence_interval(row - curve[0]) for row in curve]
-    lines = ["steps,return_mean,return_ci95", *[f"{k},{m:.4f},{c:.4f}" for k, (m, c) in enumerate(table)]]
-    (out / "eval.csv").write_text("\n".join(lines) + "\n")
-    per_task = [",".join(["task", *[f"return_{k}" for k in range(len(curve))]]),
-                *[",".join([str(i), *[f"{x:.4f}" for x in column.tolist()]]) for i, column in enumerate(curve.T)]]
-    (out / "eval_tasks.csv").write_text("\n".join(per_task) + "\n")
-    md = ["| adaptation steps | mean return | 95% CI | paired gain vs 0 steps |", "|---:|---:|---:|---:|",
-          *[f"| {k} | {m:.2f} | ± {c:.2f} | {g:+.2f} ± {gc:.2f} |" for k, ((m, c), (g, gc)) in
-            enumerate(zip(table, gains, strict=True))]]
-    (out / "eval.md").write_text("\n".join(md) + "\n")
-    steps = list(range(len(table)))
-    plot_learning_curve(out / "eval.png", {
-        "mean over held-out tasks": (steps, [m for m, _ in table]),
-        "95% CI, lower": (steps, [m - c for m, c in table]),
-        "95% CI, upper": (steps, [m + c for m, c in table]),
-    }, title=title, xlabel="adaptation steps", ylabel="mean episode return", log_y=False)
 
 
 if __name__ == "__main__":

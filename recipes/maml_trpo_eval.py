@@ -18,8 +18,8 @@ import torch
 import tyro
 
 from metaops import envs
-from metaops.experiment import load_checkpoint, paired_gains, save_json
-from recipes.maml_trpo import Args, evaluate, make_inner_loss, make_policy, write_evaluation
+from metaops.experiment import load_checkpoint, paired_gains, save_json, write_adaptation_evaluation
+from recipes.maml_trpo import Args, evaluate, make_inner_loss, make_policy
 
 
 @dataclass
@@ -65,7 +65,7 @@ def main(eval_args: EvalArgs) -> dict[str, float]:
 
     out = Path(eval_args.out_dir) if eval_args.out_dir is not None else Path(eval_args.run_dir) / "eval"
     title = f"MAML-TRPO ({args.estimator}), {env_name}, iteration {ckpt['iteration']}"
-    write_evaluation(out, curve, title=title)
+    write_adaptation_evaluation(out, curve, title=title)
     metrics = {"iteration": float(ckpt["iteration"]), "env_steps": float(ckpt["env_steps"]),
                **paired_gains(curve)}
     save_json(out / "eval.json", metrics)

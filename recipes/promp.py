@@ -31,11 +31,11 @@ from metaops.experiment import (
     RunLogger,
     check_positive,
     load_run_checkpoint,
-    mean_confidence_interval,
     paired_gains,
     plot_learning_curve,
     save_checkpoint,
     save_json,
+    write_adaptation_evaluation,
 )
 
 ENVS = envs.env_names()
@@ -358,7 +358,7 @@ def main(args: Args) -> dict[str, float]:
     # --- final evaluation: adapt the meta-policy to held-out tasks for 0..eval_steps steps -------
     if args.eval_tasks:
         curve = evaluate(policy, args, num_tasks=args.eval_tasks, steps=args.eval_steps, seed=args.eval_seed)
-        write_evaluation(out, curve, title=f"ProMP, {args.env}")
+        write_adaptation_evaluation(out, curve, title=f"ProMP, {args.env}")
         metrics.update(paired_gains(curve, prefix="eval_"))  # paired: the same tasks before and after k steps
     save_json(out / "metrics.json", metrics)
     logger.write(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -385,28 +385,6 @@ def evaluate(policy: nn.Module, args: Args, *, num_tasks: int, steps: int, seed:
             data = process_episodes(batch, gamma=args.gamma, gae_lambda=args.gae_lambda)
             params = mo.tree.stop_gradient(vmap(one_step)(params, data))
     return torch.stack(curve)
-
-
-def write_evaluation(out: Path, curve: Tensor, *, title: str) -> None:
-    """eval.csv, eval.md (mean return and paired gain over 0 steps, 95% CIs), eval_tasks.csv and eval.png."""
-    out.mkdir(parents=True, exist_ok=True)
-    table = [(*mean_confidence_interval(row), *(mean_confidence_interval(row - curve[0]) if k else (0.0, 0.0)))
-             for k, row in enumerate(curve)]
-    lines = ["steps,return_mean,return_ci95,gain_mean,gain_ci95",
-             *[f"{k},{m:.4f},{c:.4f},{gm:.4f},{gc:.4f}" for k, (m, c, gm, gc) in enumerate(table)]]
-    (out / "eval.csv").write_text("\n".join(lines) + "\n")
-    md = ["| adaptation steps | mean return | 95% CI | gain over 0 steps (paired) |", "|---:|---:|---:|---:|",
-          *[f"| {k} | {m:.2f} | ± {c:.2f} | {gm:+.2f} ± {gc:.2f} |" for k, (m, c, gm, gc) in enumerate(table)]]
-    (out / "eval.md").write_text("\n".join(md) + "\n")
-    per_task = [",".join(["task", *[f"return_{k}" for k in range(len(curve))]]),
-                *[",".join([str(i), *[f"{v:.4f}" for v in curve[:, i].tolist()]]) for i in range(curve.shape[1])]]
-    (out / "eval_tasks.csv").write_text("\n".join(per_task) + "\n")
-    steps = list(range(len(table)))
-    plot_learning_curve(out / "eval.png", {
-        "mean over held-out tasks": (steps, [m for m, *_ in table]),
-        "95% CI, lower": (steps, [m - c for m, c, *_ in table]),
-        "95% CI, upper": (steps, [m + c for m, c, *_ in table]),
-    }, title=title, xlabel="adaptation steps", ylabel="mean episode return", log_y=False)
 
 
 if __name__ == "__main__":

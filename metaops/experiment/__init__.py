@@ -9,10 +9,11 @@ specific to a task family.
 
 from metaops.experiment._checkpoint import CheckpointError, load_checkpoint, load_run_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive, check_same_config
+from metaops.experiment._evaluation import write_adaptation_evaluation
 from metaops.experiment._interrupt import RunInterrupted
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._loop import RunArgs, meta_train
-from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
+from metaops.experiment._plots import FitPanel, plot_adaptation_curve, plot_fits, plot_learning_curve
 from metaops.experiment._sinusoid import SinusoidArgs, adaptation_curves, run_sinusoid
 from metaops.experiment._stats import (
     format_summary,
@@ -43,6 +44,8 @@ __all__ = [
     "format_summary",
     "last_finite",
     "plot_learning_curve",
+    "plot_adaptation_curve",
+    "write_adaptation_evaluation",
     "plot_fits",
     "FitPanel",
     "check_positive",

@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["FitPanel", "plot_learning_curve", "plot_fits"]
+__all__ = ["FitPanel", "plot_adaptation_curve", "plot_learning_curve", "plot_fits"]
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -90,6 +90,50 @@ def plot_learning_curve(
         if values.min() < bottom:
             ax.set_ylim(bottom=bottom)
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_adaptation_curve(
+    path: str | os.PathLike,
+    means: ArrayLike,
+    half_widths: ArrayLike,
+    *,
+    title: str = "",
+    label: str = "mean over held-out tasks",
+    ylabel: str = "mean episode return",
+) -> None:
+    """Plots a mean against adaptation steps 0..K with its interval as a shaded band, and saves a PNG.
+
+    Args:
+        path: Output PNG file (parent directories are created).
+        means: Mean after 0, 1, ..., K steps.
+        half_widths: Half-width of the interval drawn around each mean (e.g. a 95% CI).
+        title: Figure title.
+        label: Legend entry of the mean.
+        ylabel: Vertical axis label.
+
+    Raises:
+        ValueError: If ``means`` and ``half_widths`` differ in length or are empty.
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "eval.png"
+        >>> plot_adaptation_curve(path, [-40.0, -20.0, -19.0], [5.0, 3.0, 3.0])
+        >>> path.read_bytes()[:4]
+        b'\\x89PNG'
+    """
+    y, h = _array(means), _array(half_widths)
+    if y.shape != h.shape or y.size == 0:
+        raise ValueError(f"plot_adaptation_curve: {y.size} means but {h.size} half-widths")
+    steps = np.arange(y.size)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    ax.fill_between(steps, y - h, y + h, alpha=0.25, label="95% CI")
+    ax.plot(steps, y, marker="o", label=label)
+    ax.set_xticks(steps)  # whole adaptation steps only
+    ax.set(title=title, xlabel="adaptation steps", ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)

@@ -10,8 +10,7 @@ import torch
 from torch import Tensor
 
 from metaops.linalg import cg
-from metaops.rl._kl import kl_hvp
-from metaops.tree import stop_gradient, tree_add, tree_scale, tree_vdot
+from metaops.tree import stop_gradient, tree_add, tree_axpy, tree_scale, tree_vdot
 from metaops.typing import Params
 
 __all__ = ["TRPOInfo", "trpo_step"]
@@ -41,6 +40,23 @@ class TRPOInfo(NamedTuple):
     r"""The full natural step $\sqrt{2\delta / x^\top F x}\; x$ before backtracking."""
 
 
+def _linearized_kl_hvp(
+    kl_fn: Callable[[Params], Tensor], params: Params, *, damping: float
+) -> Callable[[Params], Params]:
+    """v -> (H + damping I) v for the Hessian H of kl_fn at params, with the gradient graph built once.
+
+    The same products as [metaops.rl.kl_hvp][] (a vector-Jacobian product of the gradient), but
+    the forward pass and the gradient are taken once and their graph is kept for all products.
+    """
+    _, vjp_fn = torch.func.vjp(torch.func.grad(kl_fn), params)
+
+    def fvp(v: Params) -> Params:
+        product = vjp_fn(v)[0]
+        return tree_axpy(damping, v, product) if damping else product
+
+    return fvp
+
+
 def trpo_step(
     surrogate_fn: Callable[[Params], Tensor],
     kl_fn: Callable[[Params], Tensor],
@@ -51,6 +67,7 @@ def trpo_step(
     cg_steps: int = 10,
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
+    fisher_kl_fn: Callable[[Params], Tensor] | None = None,
 ) -> tuple[Params, TRPOInfo]:
     r"""Takes one TRPO step on a (meta-)objective under a KL trust region.
 
@@ -66,9 +83,14 @@ def trpo_step(
     satisfies $D \le \delta$. If none does, the parameters are returned unchanged.
 
     ``surrogate_fn`` may contain an inner adaptation step (MAML-TRPO): the Fisher-vector
-    products are HVPs of ``kl_fn`` at ``params`` via [metaops.rl.kl_hvp][], which differentiate
-    through the inner step. The line search branches on values, so this function is not meant
-    for ``vmap`` (vmap *inside* ``surrogate_fn`` and ``kl_fn`` over tasks instead).
+    products are HVPs of ``kl_fn`` at ``params`` (as [metaops.rl.kl_hvp][] computes them), which
+    differentiate through the inner step. The gradient of the KL and its graph are computed
+    **once** per step and every product of the conjugate-gradient solve reuses them (one
+    backward pass per product instead of a forward, a backward and a double backward).
+    ``fisher_kl_fn`` makes the products cheaper still: the KL on a subsample of the data
+    (e.g. a quarter of the tasks, as rllab's ``subsample_factor``) defines $F$ while the line
+    search checks the full ``kl_fn``. The line search branches on values, so this function is
+    not meant for ``vmap`` (vmap *inside* ``surrogate_fn`` and ``kl_fn`` over tasks instead).
 
     Args:
         surrogate_fn: $\mathcal{J}(\theta)$, a scalar to **maximise** (e.g. the mean over tasks
@@ -82,6 +104,9 @@ def trpo_step(
         cg_steps: Conjugate-gradient iterations.
         backtrack_ratio: Shrink factor $r \in (0, 1)$.
         max_backtracks: Number of candidates tried.
+        fisher_kl_fn: The KL whose Hessian defines the Fisher products (default ``kl_fn``),
+            for instance ``kl_fn`` restricted to a subsample of tasks or states. It must be
+            zero with a zero gradient at ``params``, as ``kl_fn`` is.
 
     Returns:
         ``(new_params, info)``: detached new parameters and a [metaops.rl.TRPOInfo][].
@@ -128,8 +153,7 @@ def trpo_step(
         )
     before_value = float(before)
 
-    def fvp(v: Params) -> Params:
-        return kl_hvp(kl_fn, params, v, damping=damping)
+    fvp = _linearized_kl_hvp(kl_fn if fisher_kl_fn is None else fisher_kl_fn, params, damping=damping)
 
     direction = cg(fvp, grads, steps=cg_steps)
     curvature = float(tree_vdot(direction, fvp(direction)))

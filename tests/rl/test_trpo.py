@@ -142,6 +142,42 @@ def test_maml_trpo_meta_step_through_inner_adaptation():
     assert float(surrogate_fn(new)) > float(surrogate_fn(params))
 
 
+def _maml_step_expected(surrogate_fn, fisher_kl_fn, params, *, max_kl, damping):
+    """The full TRPO step from a dense Fisher matrix (torch.func.hessian) and a direct solve."""
+    fisher, flat, _ = _dense(fisher_kl_fn, params)
+    g = tree_ravel(grad(surrogate_fn)(params))[0]
+    damped = fisher + damping * torch.eye(len(flat), dtype=D)
+    x = torch.linalg.solve(damped, g)
+    return torch.sqrt(2 * max_kl / (x @ damped @ x)) * x
+
+
+def test_maml_trpo_full_step_through_inner_adaptation_matches_dense_solve():
+    # the products reuse one linearisation of the KL gradient through the inner step
+    policy, params, obs, actions, rewards, mask = _setup(hidden=(4,))
+    surrogate_fn, kl_fn = _maml_fns(policy, params, obs, actions, rewards, mask)
+    n = len(tree_ravel(params)[0])
+    _, info = trpo_step(surrogate_fn, kl_fn, params, max_kl=0.005, damping=1e-3, cg_steps=3 * n)
+    expected = _maml_step_expected(surrogate_fn, kl_fn, params, max_kl=0.005, damping=1e-3)
+    torch.testing.assert_close(tree_ravel(info.full_step)[0], expected, rtol=1e-6, atol=1e-9)
+
+
+def test_fisher_kl_fn_defines_the_products_and_kl_fn_the_line_search():
+    policy, params, obs, actions, rewards, mask = _setup(hidden=(4,))
+    surrogate_fn, kl_fn = _maml_fns(policy, params, obs, actions, rewards, mask)
+    # the KL of the first task only: a subsample of the data
+    _, kl_first = _maml_fns(policy, params, obs[:1], actions[:1], rewards[:1], mask[:1])
+    n = len(tree_ravel(params)[0])
+    max_kl = 0.005
+    new, info = trpo_step(surrogate_fn, kl_fn, params, max_kl=max_kl, damping=1e-3, cg_steps=3 * n,
+                          fisher_kl_fn=kl_first)
+    expected = _maml_step_expected(surrogate_fn, kl_first, params, max_kl=max_kl, damping=1e-3)
+    torch.testing.assert_close(tree_ravel(info.full_step)[0], expected, rtol=1e-6, atol=1e-9)
+    full = _maml_step_expected(surrogate_fn, kl_fn, params, max_kl=max_kl, damping=1e-3)
+    assert not torch.allclose(expected, full, rtol=1e-3)  # the subsample's Fisher differs
+    assert info.accepted and info.kl <= max_kl  # the line search enforces the full KL
+    torch.testing.assert_close(float(kl_fn(new)), info.kl)
+
+
 def test_trpo_rejects_when_no_candidate_improves():
     policy, params, obs, _, _, _ = _setup()
     surrogate_fn = lambda p: (tree_ravel(p)[0] * 0).sum()  # flat: nothing can improve

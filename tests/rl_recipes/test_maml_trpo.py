@@ -75,8 +75,9 @@ def test_smoke_metrics_finite_and_files_written(tiny_run):
     "overrides",
     [dict(estimator="lvc", inner_steps=2), dict(estimator="score-function"), dict(first_order=True),
      dict(policy="bounded", inner_max_kl=0.05, inner_steps=2),
-     dict(policy="bounded", inner_max_kl=0.05, first_order=True)],
-    ids=["lvc-2-steps", "score-function", "first-order", "bounded-kl-bounded-2-steps", "bounded-kl-first-order"],
+     dict(policy="bounded", inner_max_kl=0.05, first_order=True), dict(fisher_subsample=0.5)],
+    ids=["lvc-2-steps", "score-function", "first-order", "bounded-kl-bounded-2-steps", "bounded-kl-first-order",
+         "fisher-subsample"],
 )
 def test_other_estimators_and_inner_steps_run(tmp_path, overrides):
     metrics = maml_trpo.main(replace(TINY, out_dir=str(tmp_path), iterations=1, **overrides))
@@ -166,7 +167,7 @@ def test_eval_entry_point_writes_table_and_plot(tiny_run, tmp_path):
     assert set(metrics) >= {"return_0", "return_1", "return_2", "return_2_ci95", "iteration"}
     assert all(math.isfinite(v) for v in metrics.values())
     lines = (tmp_path / "eval.csv").read_text().splitlines()
-    assert lines[0] == "steps,return_mean,return_ci95" and len(lines) == 4
+    assert lines[0] == "steps,return_mean,return_ci95,gain_mean,gain_ci95" and len(lines) == 4
     assert (tmp_path / "eval.md").read_text().count("\n") == 5
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -186,6 +187,8 @@ def test_bad_arguments_raise(tmp_path):
         maml_trpo.main(replace(TINY, out_dir=str(tmp_path), inner_steps=0))
     with pytest.raises(ValueError, match="eval_tasks"):
         maml_trpo.main(replace(TINY, out_dir=str(tmp_path), eval_tasks=1))
+    with pytest.raises(ValueError, match="fisher_subsample"):
+        maml_trpo.main(replace(TINY, out_dir=str(tmp_path), fisher_subsample=0.0))
 
 
 @pytest.mark.parametrize("module", ["recipes.maml_trpo", "recipes.maml_trpo_eval"])
