@@ -167,11 +167,8 @@ def process_episodes(batch: envs.EpisodeBatch, *, gamma: float, gae_lambda: floa
     discounted returns, then normalised per task over its episodes and steps.
     """
     mask = batch.mask
-    returns = rl.discounted_returns(batch.rewards.double(), gamma=gamma, mask=mask)
-    coeffs = rl.fit_linear_baseline(batch.observations.double(), returns, mask=mask)  # (task, features)
-    values = rl.predict_linear_baseline(coeffs, batch.observations.double()).float()
-    advantages = rl.gae(batch.rewards, values, gamma=gamma, gae_lambda=gae_lambda, mask=mask)
-    advantages = rl.normalize_advantages(advantages, mask=mask, dim=(-2, -1))
+    advantages = rl.linear_baseline_advantages(batch.observations, batch.rewards, mask=mask, gamma=gamma,
+                                               gae_lambda=gae_lambda)
     return batch.observations, batch.actions, advantages, mask, batch.log_probs
 
 

@@ -11,6 +11,7 @@ the MAML and ProMP reference code.
 
 from ._ant import AntDir2DEnv, AntDirEnv, AntGoalEnv
 from ._batched import BatchedEnv, EnvError, StepResult
+from ._demos import Demonstrations, collect_demonstrations, load_demonstrations, navigation_expert, save_demonstrations
 from ._half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv
 from ._navigation import Navigation2DEnv
 from ._random_params import HopperRandParamsEnv, Walker2dRandParamsEnv
@@ -40,6 +41,7 @@ __all__ = [
     "BatchedEnv",
     "BodyParamsTask",
     "BodyParamsTasks",
+    "Demonstrations",
     "Direction2DTask",
     "Direction2DTasks",
     "DirectionTask",
@@ -60,6 +62,10 @@ __all__ = [
     "VelocityTask",
     "VelocityTasks",
     "Walker2dRandParamsEnv",
+    "collect_demonstrations",
+    "load_demonstrations",
+    "navigation_expert",
+    "save_demonstrations",
     "env_names",
     "gymnasium_id",
     "make",

@@ -8,6 +8,7 @@ Rollout tensors are shaped ``(..., T)`` with time last (observations ``(..., T, 
 from metaops.rl._baseline import (
     LinearFeatureBaseline,
     fit_linear_baseline,
+    linear_baseline_advantages,
     linear_baseline_features,
     predict_linear_baseline,
 )
@@ -53,6 +54,7 @@ __all__ = [
     # linear feature baseline
     "linear_baseline_features",
     "fit_linear_baseline",
+    "linear_baseline_advantages",
     "predict_linear_baseline",
     "LinearFeatureBaseline",
     # policies and distributions

@@ -14,6 +14,7 @@ __all__ = [
     "fit_linear_baseline",
     "predict_linear_baseline",
     "LinearFeatureBaseline",
+    "linear_baseline_advantages",
 ]
 
 
@@ -191,3 +192,53 @@ class LinearFeatureBaseline(NamedTuple):
     def __call__(self, observations: Tensor) -> Tensor:
         """Returns the baseline values, shape `(..., E, T)`."""
         return predict_linear_baseline(self.coeffs, observations)
+
+
+def linear_baseline_advantages(
+    observations: Tensor,
+    rewards: Tensor,
+    *,
+    mask: Tensor,
+    gamma: float,
+    gae_lambda: float,
+    normalize: bool = True,
+) -> Tensor:
+    r"""Advantages of policy-gradient meta-RL: GAE on a linear feature baseline fitted per task.
+
+    The pipeline of the MAML and ProMP reference code, in one call: discounted returns
+    ([metaops.rl.discounted_returns][]), the linear feature baseline fitted to them per task in
+    float64 ([metaops.rl.fit_linear_baseline][]), GAE with that baseline ([metaops.rl.gae][]),
+    and (by default) normalisation per task over its episodes and steps
+    ([metaops.rl.normalize_advantages][]):
+
+    $$\hat A_t = \frac{A^{\mathrm{GAE}(\gamma,\lambda)}_t - \mu}{\sigma}, \qquad
+      A^{\mathrm{GAE}}_t = \sum_{l \ge 0} (\gamma\lambda)^l \big(r_{t+l} + \gamma b_{t+l+1} - b_{t+l}\big),$$
+
+    with $\mu, \sigma$ the mean and standard deviation over one task's real steps.
+
+    Args:
+        observations: `(task, episode, time, obs_dim)`.
+        rewards: `(task, episode, time)`.
+        mask: `(task, episode, time)`, 1 for real steps and 0 for right padding.
+        gamma: Discount $\gamma$.
+        gae_lambda: GAE $\lambda$ (1: discounted returns minus the baseline).
+        normalize: Normalise per task.
+
+    Returns:
+        Advantages `(task, episode, time)` in the dtype of ``rewards``, 0 on padding.
+
+    Examples:
+        >>> obs, rewards = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5)
+        >>> adv = linear_baseline_advantages(obs, rewards, mask=torch.ones(2, 3, 5), gamma=0.99, gae_lambda=1.0)
+        >>> adv.shape, [round(m, 4) for m in adv.mean((1, 2)).tolist()]
+        (torch.Size([2, 3, 5]), [0.0, 0.0])
+    """
+    from metaops.rl._returns import discounted_returns, gae, normalize_advantages
+
+    returns = discounted_returns(rewards.double(), gamma=gamma, mask=mask)
+    coeffs = fit_linear_baseline(observations.double(), returns, mask=mask)  # (task, features)
+    values = predict_linear_baseline(coeffs, observations.double()).to(rewards.dtype)
+    advantages = gae(rewards, values, gamma=gamma, gae_lambda=gae_lambda, mask=mask)
+    if normalize:
+        advantages = normalize_advantages(advantages, mask=mask, dim=(-2, -1))
+    return advantages

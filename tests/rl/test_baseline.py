@@ -10,6 +10,7 @@ from torch.func import vmap
 from metaops.rl import (
     LinearFeatureBaseline,
     fit_linear_baseline,
+    linear_baseline_advantages,
     linear_baseline_features,
     predict_linear_baseline,
 )
@@ -166,3 +167,38 @@ def test_bad_inputs_raise():
         fit_linear_baseline(obs, returns, reg=0.0)
     with pytest.raises(ValueError, match="features"):
         predict_linear_baseline(torch.zeros(5, dtype=D), obs)
+
+
+def _rllab_advantages(paths, gamma, gae_lambda):
+    """The MAML/ProMP reference pipeline in numpy: per-path returns, rllab's fit, GAE, normalisation."""
+    for p in paths:
+        r = p["rewards"]
+        p["returns"] = np.array([sum(gamma**k * r[t + k] for k in range(len(r) - t)) for t in range(len(r))])
+    coeffs = _rllab_fit(paths)
+    advantages = []
+    for p in paths:
+        o = np.clip(p["observations"], -10, 10)
+        al = np.arange(len(o)).reshape(-1, 1) / 100.0
+        b = np.concatenate([o, o**2, al, al**2, al**3, np.ones((len(o), 1))], axis=1).dot(coeffs)
+        b = np.append(b, 0.0)
+        deltas = p["rewards"] + gamma * b[1:] - b[:-1]
+        advantages.append(np.array([sum((gamma * gae_lambda) ** k * deltas[t + k] for k in range(len(deltas) - t))
+                                    for t in range(len(deltas))]))
+    flat = np.concatenate(advantages)
+    return [(a - flat.mean()) / (flat.std() + 1e-8) for a in advantages]
+
+
+@pytest.mark.parametrize("gae_lambda", [1.0, 0.95])
+def test_linear_baseline_advantages_match_the_reference_pipeline_per_task(gae_lambda):
+    gamma = 0.9
+    tasks = [_episodes(seed) for seed in (0, 1)]
+    obs = torch.stack([t[0] for t in tasks])
+    mask = torch.stack([t[2] for t in tasks]).to(D)
+    rewards = torch.randn(obs.shape[:3], generator=torch.Generator().manual_seed(5), dtype=D) * mask
+    adv = linear_baseline_advantages(obs, rewards, mask=mask, gamma=gamma, gae_lambda=gae_lambda)
+    for i, (o, _, _, lengths) in enumerate(tasks):
+        paths = [{"observations": o[e, :n].numpy(), "rewards": rewards[i, e, :n].numpy()}
+                 for e, n in enumerate(lengths)]
+        for e, expected in enumerate(_rllab_advantages(paths, gamma, gae_lambda)):
+            torch.testing.assert_close(adv[i, e, : lengths[e]], torch.from_numpy(expected), rtol=1e-5, atol=1e-5)
+            assert (adv[i, e, lengths[e]:] == 0).all()
