@@ -77,12 +77,13 @@ class Args:
     """floor of the std as a fraction of the action half-range; the default keeps it at least at its initial value:
     the imitation loss does not constrain the std, and the meta-gradient otherwise shrinks it to enlarge the inner
     step (see the docs page)"""
-    bias_transform: int = 0
-    """size of the learned bias-transformation input concatenated to the observation (reference: 4); 0: none"""
+    bias_transform: int = 4
+    """size of the learned bias-transformation input concatenated to the observation (the reference's 4); 0: none"""
     inner_lr: float = 0.1
     """inner SGD step size (the initial value of every rate with --learn-inner-lr)"""
-    learn_inner_lr: bool = False
-    """learn one inner step size per parameter entry (Meta-SGD; the reference initialises them at 0.5)"""
+    learn_inner_lr: bool = True
+    """learn one inner step size per parameter entry (Meta-SGD, as the reference, which initialises them at 0.5);
+    --no-learn-inner-lr: one fixed step size"""
     outer_steps: int = 50
     """Adam steps on the behaviour-cloning loss per meta-iteration (the reference example: 500)"""
     outer_lr: float = 1e-3
