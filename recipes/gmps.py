@@ -319,10 +319,11 @@ def main(args: Args) -> dict[str, float]:
         t2 = time.perf_counter()
 
         pre_return = episodes.returns.mean().item()
+        lr_mean = args.inner_lr if lrs is None else torch.cat([v.flatten() for v in lrs.values()]).mean().item()
         logger.log(it + 1, {
             "return/pre": pre_return, "return/expert": demos.returns[rows].mean().item(), "bc/before": bc_before,
             "bc/after": bc_after, "inner/kl": inner_kl.mean().item(),
-            "inner/lr_mean": args.inner_lr if lrs is None else torch.cat([v.flatten() for v in lrs.values()]).mean().item(),
+            "inner/lr_mean": lr_mean,
             "policy/std": std, "env_steps": env_steps, "time/sample_s": t1 - t0, "time/outer_s": t2 - t1,
         })
         logger.advance(1, pre=pre_return, bc=bc_after)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.func import grad
@@ -46,35 +48,78 @@ def test_ppo_masks_and_bad_input():
         ppo_clip_objective(lp, lp[:, :2], adv, mask=mask)
 
 
-def test_promp_objective_is_clipped_surrogate_minus_kl_penalty():
-    g = torch.Generator().manual_seed(1)
-    theta = torch.randn(4, generator=g, dtype=D)
-    old_lp = torch.log_softmax(torch.zeros(4, dtype=D), 0)
-    adv = torch.randn(4, generator=g, dtype=D)
+def _promp_by_loops(theta, old_logits, actions, adv, mask, kl_coeff, clip):
+    """ProMP's objective written out with Python floats: explicit ratio, clipping branch and KL sum."""
+    total = 0.0
+    for t in range(len(actions)):
+        if not mask[t]:
+            continue
+        z_new = sum(math.exp(x) for x in theta[t])
+        z_old = sum(math.exp(x) for x in old_logits[t])
+        ratio = (math.exp(theta[t][actions[t]]) / z_new) / (math.exp(old_logits[t][actions[t]]) / z_old)
+        clipped = min(max(ratio, 1 - clip), 1 + clip)
+        total += min(ratio * adv[t], clipped * adv[t])
+    kl, n = 0.0, 0
+    for t in range(len(actions)):  # KL(old || new) per state, averaged over the real steps
+        if not mask[t]:
+            continue
+        z_new = sum(math.exp(x) for x in theta[t])
+        z_old = sum(math.exp(x) for x in old_logits[t])
+        kl += sum((math.exp(o) / z_old) * (o - math.log(z_old) - x + math.log(z_new))
+                  for o, x in zip(old_logits[t], theta[t]))
+        n += 1
+    return total - kl_coeff * kl / n
 
-    def objective(th):
-        lp = torch.log_softmax(th, 0)
-        kl = (old_lp.exp() * (old_lp - lp)).sum()  # KL(pre-update old || current)
-        return promp_objective(lp, old_lp, adv, kl=kl, kl_coeff=0.5, clip=0.2)
 
-    def by_hand(th):
-        lp = torch.log_softmax(th, 0)
-        kl = (old_lp.exp() * (old_lp - lp)).sum()
-        return ppo_clip_objective(lp, old_lp, adv, clip=0.2) - 0.5 * kl
+def _promp_setup(seed=1, steps=6, actions=3):
+    g = torch.Generator().manual_seed(seed)
+    old_logits = torch.randn(steps, actions, generator=g, dtype=D)
+    theta = old_logits + 0.4 * torch.randn(steps, actions, generator=g, dtype=D)  # some ratios clipped
+    acts = torch.randint(actions, (steps,), generator=g)
+    adv = torch.randn(steps, generator=g, dtype=D)
+    mask = torch.tensor([1, 1, 1, 1, 1, 0], dtype=torch.bool)
+    return theta, old_logits, acts, adv, mask
 
-    torch.testing.assert_close(objective(theta), by_hand(theta))
-    torch.testing.assert_close(grad(objective)(theta), grad(by_hand)(theta))
-    # the penalty pulls towards the old policy: at a point with zero advantages, ascent
-    # on the objective reduces the KL
-    zero_adv = lambda th: promp_objective(
-        torch.log_softmax(th, 0),
-        old_lp,
-        torch.zeros(4, dtype=D),
-        kl=(old_lp.exp() * (old_lp - torch.log_softmax(th, 0))).sum(),
-        kl_coeff=1.0,
-    )
-    stepped = theta + 0.1 * grad(zero_adv)(theta)
-    assert zero_adv(stepped) > zero_adv(theta)
+
+def _promp_of(theta, old_logits, acts, adv, mask, kl_coeff=0.7, clip=0.2):
+    lp = torch.log_softmax(theta, -1).gather(-1, acts[:, None])[:, 0]
+    old_lp = torch.log_softmax(old_logits, -1).gather(-1, acts[:, None])[:, 0]
+    old_p = torch.softmax(old_logits, -1)
+    per_state = (old_p * (torch.log_softmax(old_logits, -1) - torch.log_softmax(theta, -1))).sum(-1)
+    kl = per_state[mask].mean()
+    return promp_objective(lp, old_lp, adv, kl=kl, kl_coeff=kl_coeff, clip=clip, mask=mask)
+
+
+def test_promp_objective_matches_a_loop_written_from_the_paper():
+    theta, old_logits, acts, adv, mask = _promp_setup()
+    ratios = (torch.log_softmax(theta, -1) - torch.log_softmax(old_logits, -1)).gather(-1, acts[:, None]).exp()
+    assert ((ratios[:5] - 1).abs() > 0.2).any() and ((ratios[:5] - 1).abs() < 0.2).any()  # both branches used
+    expected = _promp_by_loops(theta.tolist(), old_logits.tolist(), acts.tolist(), adv.tolist(), mask.tolist(),
+                               kl_coeff=0.7, clip=0.2)
+    torch.testing.assert_close(_promp_of(theta, old_logits, acts, adv, mask).item(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_promp_objective_first_and_second_derivatives_through_an_inner_step():
+    """gradcheck and gradgradcheck (float64, finite differences) of the objective of adapted logits
+    theta' = theta + alpha * grad J(theta), J the importance-weighted LVC objective of the recipe's
+    inner step (its sampling log-probs are constants, so J is an ordinary function of theta and
+    finite differences see every derivative; the magic-box form's derivatives are estimators)."""
+    theta, old_logits, acts, adv, mask = _promp_setup(seed=3)
+    pre_acts, pre_adv = torch.randint(3, (6,), generator=torch.Generator().manual_seed(4)), adv.flip(0)
+    pre_lp = lambda t: torch.log_softmax(t, -1).gather(-1, pre_acts[:, None])[:, 0]
+    sampling = pre_lp(old_logits)
+
+    def adapted(th):
+        inner = lambda t: lvc_objective(pre_lp(t), pre_adv, sampling_log_probs=sampling)
+        return th + 0.5 * grad(inner)(th)
+
+    f = lambda th: _promp_of(adapted(th), old_logits, acts, adv, mask)
+    x = theta.clone().requires_grad_()
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+    # the penalty pulls towards the old policy: with zero advantages, ascent reduces the KL
+    zero = lambda th: _promp_of(th, old_logits, acts, torch.zeros_like(adv), mask, kl_coeff=1.0)
+    assert zero(theta + 0.1 * grad(zero)(theta)) > zero(theta)
 
 
 def test_ppo_and_promp_vmap_of_grad_equals_loop():
