@@ -29,6 +29,7 @@ from metaops import envs, estimators, rl
 from metaops.experiment import (
     RunLogger,
     check_positive,
+    held_out_adaptation,
     load_run_checkpoint,
     paired_gains,
     plot_learning_curve,
@@ -238,28 +239,6 @@ def per_task_log_probs(policy: nn.Module, params, obs: Tensor, actions: Tensor) 
     return vmap(lambda p, o, a: policy.log_prob(functional_call(policy, p, (o,)), a))(params, obs, actions)
 
 
-def adaptation_curve(policy, params, env, tasks, loss_fn, *, steps: int, inner_lr: float, gamma: float,
-                     gae_lambda: float, horizon: int, generator: torch.Generator, inner_max_kl: float | None = None,
-                     check=None) -> Tensor:
-    """Mean episode return per task after 0..steps inner steps (re-sampling after each): `(steps + 1, task)`.
-
-    ``check(before, after, data)``, if given, is called after each step (outside transforms).
-    """
-    params = {k: v.detach().expand(len(tasks), *v.shape) for k, v in params.items()}  # one copy per task
-    one_step = lambda p, d: mo.inner.adapt(loss_fn, p, d, inner_optimizer(policy, d, lr=inner_lr,
-                                                                          max_kl=inner_max_kl), steps=1)
-    curve = []
-    for k in range(steps + 1):
-        batch = envs.sample_episodes(env, policy, params, tasks, generator=generator, horizon=horizon)
-        curve.append(batch.returns.mean(-1))
-        if k < steps:
-            data = process_episodes(batch, gamma=gamma, gae_lambda=gae_lambda)
-            params, before = mo.tree.stop_gradient(vmap(one_step)(params, data)), params
-            if check is not None:
-                check(before, params, data)
-    return torch.stack(curve)
-
-
 def main(args: Args) -> dict[str, float]:
     validate(args)
     out = Path(args.out_dir)
@@ -411,16 +390,15 @@ def main(args: Args) -> dict[str, float]:
 
 def evaluate(policy, env_name: str, loss_fn, args: Args, *, num_tasks: int, steps: int, seed: int,
              horizon: int) -> Tensor:
-    """Mean return of each held-out task after 0..steps inner steps, `(steps + 1, task)`."""
-    g = torch.Generator().manual_seed(seed)
-    tasks = envs.task_distribution(env_name).sample_tasks(num_tasks, generator=g)
-    env = envs.make_batched(env_name, num_tasks=num_tasks, episodes_per_task=args.episodes,
-                            num_threads=args.physics_threads)
-    return adaptation_curve(policy, mo.nn.named_params(policy), env, tasks, loss_fn, steps=steps,
-                            inner_lr=args.inner_lr, gamma=args.gamma, gae_lambda=args.gae_lambda,
-                            horizon=horizon, generator=g, inner_max_kl=args.inner_max_kl,
-                            check=make_step_check(policy, args))
+    """Mean return of each held-out task after 0..steps inner steps, `(steps + 1, task)` (the meta-RL protocol)."""
+    def one_step(params, data):
+        return mo.inner.adapt(loss_fn, params, data, inner_optimizer(policy, data, lr=args.inner_lr,
+                                                                     max_kl=args.inner_max_kl), steps=1)
 
+    return held_out_adaptation(policy, mo.nn.named_params(policy), env_name=env_name, adapt_step=one_step,
+                               process=lambda b: process_episodes(b, gamma=args.gamma, gae_lambda=args.gae_lambda),
+                               num_tasks=num_tasks, episodes=args.episodes, steps=steps, seed=seed, horizon=horizon,
+                               physics_threads=args.physics_threads, on_step=make_step_check(policy, args))
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

@@ -30,6 +30,7 @@ from metaops import envs, estimators, rl
 from metaops.experiment import (
     RunLogger,
     check_positive,
+    held_out_adaptation,
     load_run_checkpoint,
     paired_gains,
     plot_learning_curve,
@@ -365,24 +366,16 @@ def main(args: Args) -> dict[str, float]:
 def evaluate(policy: nn.Module, args: Args, *, num_tasks: int, steps: int, seed: int) -> Tensor:
     """Mean episode return per held-out task after 0..steps inner steps (re-sampling after each): `(steps + 1, task)`.
 
-    ``args`` must be resolved (see ``resolve``). The tasks and episodes depend only on ``seed``.
+    ``args`` must be resolved (see ``resolve``). The tasks and episodes depend only on ``seed``: the
+    meta-RL protocol of ``metaops.experiment.held_out_adaptation``, shared with MAML-TRPO and GMPS.
     """
-    g = torch.Generator().manual_seed(seed)
-    tasks = envs.task_distribution(args.env).sample_tasks(num_tasks, generator=g)
-    env = envs.make_batched(args.env, num_tasks=num_tasks, episodes_per_task=args.episodes,
-                            num_threads=args.physics_threads)
     loss_fn = make_inner_loss(policy)
-    one_step = lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(args.inner_lr), steps=1)
-    params = {k: v.detach().expand(num_tasks, *v.shape) for k, v in policy.named_parameters()}  # one per task
-    curve = []
-    for k in range(steps + 1):
-        batch = envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=args.horizon)
-        curve.append(batch.returns.mean(-1))
-        if k < steps:
-            data = process_episodes(batch, gamma=args.gamma, gae_lambda=args.gae_lambda)
-            params = mo.tree.stop_gradient(vmap(one_step)(params, data))
-    return torch.stack(curve)
-
+    return held_out_adaptation(
+        policy, dict(policy.named_parameters()), env_name=args.env,
+        adapt_step=lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(args.inner_lr), steps=1),
+        process=lambda b: process_episodes(b, gamma=args.gamma, gae_lambda=args.gae_lambda),
+        num_tasks=num_tasks, episodes=args.episodes, steps=steps, seed=seed, horizon=args.horizon,
+        physics_threads=args.physics_threads)
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

@@ -13,6 +13,7 @@ from metaops.experiment._evaluation import write_adaptation_evaluation
 from metaops.experiment._interrupt import RunInterrupted
 from metaops.experiment._logger import RunLogger, save_json
 from metaops.experiment._loop import RunArgs, meta_train
+from metaops.experiment._meta_rl import held_out_adaptation
 from metaops.experiment._plots import FitPanel, plot_adaptation_curve, plot_fits, plot_learning_curve
 from metaops.experiment._sinusoid import SinusoidArgs, adaptation_curves, run_sinusoid
 from metaops.experiment._stats import (
@@ -46,6 +47,7 @@ __all__ = [
     "plot_learning_curve",
     "plot_adaptation_curve",
     "write_adaptation_evaluation",
+    "held_out_adaptation",
     "plot_fits",
     "FitPanel",
     "check_positive",
