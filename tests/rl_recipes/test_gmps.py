@@ -24,13 +24,6 @@ TINY = gmps.Args(iterations=2, train_tasks=4, demo_episodes=2, meta_batch=2, epi
 """Navigation with 4 training tasks, 2 per iteration, two 8-step episodes each: well under a second per iteration."""
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(f)]

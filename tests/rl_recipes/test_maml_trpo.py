@@ -25,14 +25,6 @@ TINY = maml_trpo.Args(iterations=2, meta_batch=2, episodes=2, horizon=8, hidden=
 """Navigation with two tasks, two 8-step episodes each and an 8-unit policy: seconds per iteration."""
 
 
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    """The recipe sets torch's thread count (Args.threads); give other tests back the default."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def _rows(path: Path) -> list[dict[str, str]]:
     with open(path / "metrics.csv", newline="") as f:
         return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in csv.DictReader(f)]
