@@ -106,7 +106,10 @@ def check_meta_grad(
     directions $u$ the check compares $\langle g, u\rangle$ with the central difference
     $\frac{\mathcal{J}(\theta + \epsilon u) - \mathcal{J}(\theta - \epsilon u)}{2\epsilon}$.
     Whatever ``task_loss_fn`` does is what is checked: which parameters it adapts (ANIL adapts
-    only the head), which inner optimizer and which mode of [metaops.inner.adapt][] it uses.
+    only the head, ``adapt(..., only="head.*")``), which inner optimizer and which mode of
+    [metaops.inner.adapt][] it uses. A hand-written split that adapts the head in a closure
+    over the body is judged wrong in the checkpointed and implicit modes, which treat what the
+    loss captures as constants; ``only=`` gives the body its full meta-gradient in every mode.
 
     The verdict is one of:
 

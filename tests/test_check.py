@@ -90,6 +90,38 @@ def test_anil_gradient_is_checked_for_what_the_task_loss_adapts():
     assert "WRONG" in str(mo.check_meta_grad(anil_task_loss, theta, s, q, meta_grad=maml_grad))
 
 
+@pytest.mark.parametrize("mode", [None, checkpointed(), implicit(reg=1.0, cg_steps=10)],
+                         ids=["unrolled", "checkpointed", "implicit"])
+def test_partial_adaptation_by_pattern_is_judged_right_in_every_mode(mode):
+    loss_fn, _, _, theta, s, q = _problem(num_tasks=2)
+    steps = 150 if isinstance(mode, type(implicit(reg=1.0))) else STEPS  # implicit: solve the inner problem
+
+    def anil_task_loss(meta, support, query):
+        return loss_fn(adapt(loss_fn, meta, support, sgd(0.2), steps=steps, mode=mode, only="2.*"), query)
+
+    report = mo.check_meta_grad(anil_task_loss, theta, s, q, num_directions=2)
+    assert report.matches_finite_differences, report
+
+
+def test_hand_written_checkpointed_anil_that_drops_the_body_path_is_wrong():
+    # A closure over the body is a constant to checkpointed()'s autograd.Function: the body's
+    # meta-gradient then misses d(adapted head)/d(body). only= passes the body through as an input.
+    loss_fn, _, _, theta, s, q = _problem(num_tasks=2)
+
+    def closure_task_loss(meta, support, query):
+        body = {k: v for k, v in meta.items() if not k.startswith("2.")}
+        head = {k: v for k, v in meta.items() if k.startswith("2.")}
+        head = adapt(lambda h, b: loss_fn({**body, **h}, b), head, support, sgd(LR), steps=STEPS,
+                     mode=checkpointed())
+        return loss_fn({**body, **head}, query)
+
+    def only_task_loss(meta, support, query):
+        return loss_fn(adapt(loss_fn, meta, support, sgd(LR), steps=STEPS, mode=checkpointed(), only="2.*"), query)
+
+    assert "WRONG" in str(mo.check_meta_grad(closure_task_loss, theta, s, q))
+    assert mo.check_meta_grad(only_task_loss, theta, s, q).matches_finite_differences
+
+
 def test_meta_sgd_nested_meta_params():
     loss_fn, _, _, theta, s, q = _problem()
     meta = {"params": theta, "lrs": {k: torch.full_like(v, 0.3) for k, v in theta.items()}}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from metaops._batchnorm import BatchNormUnderVmapError, batch_norm_context
 from metaops._compile import note_eager_only
 from metaops.inner._base import InnerOptimizer
 from metaops.inner._modes import Checkpointed, FirstOrder, Implicit, Mode, check_mode
+from metaops.inner._partial import merge, split_by_pattern, with_frozen
 from metaops.inner._validate import all_finite, check_params, check_steps, under_transform, unreached_params
 from metaops.tree import stop_gradient
 from metaops.typing import LossFn, Params
@@ -108,6 +110,7 @@ def adapt(
     *,
     steps: int,
     mode: Mode | None = None,
+    only: str | Sequence[str] | None = None,
 ) -> Params:
     r"""Adapts parameters to one task by ``steps`` inner-optimizer steps; returns the new params.
 
@@ -129,6 +132,21 @@ def adapt(
     gradients are constants.
     Measured time and memory of each mode are in the performance guide.
 
+    **Partial adaptation.** ``only`` adapts the parameters whose names match a glob pattern
+    (``fnmatch``, matched against the whole name) and holds the others, $\theta_F$, fixed:
+    with $\phi = (\phi_A, \theta_F)$,
+
+    $$\phi_{A,k+1} = \mathrm{step}\big(\phi_{A,k},
+      \nabla_{\phi_A} \mathcal{L}_{\text{support}}(\phi_{A,k}, \theta_F)\big).$$
+
+    ANIL adapts the head only (``only="head.*"``), BOIL the body only (``only="body.*"``).
+    The frozen parameters come back unchanged (the same tensors) and still receive their
+    meta-gradient, both directly through the outer loss and through their effect on the
+    adapted ones, $\frac{\partial \phi_{A,K}}{\partial \theta_F}$, in every mode
+    (``first_order`` drops the latter, as it drops every second-order term; ``implicit``
+    differentiates the proximal problem in $\phi_A$ alone). The optimizer sees only the adapted
+    parameters: Meta-SGD rates, say, are keyed by the adapted names.
+
     Works for one task and under ``torch.func.vmap`` for a batch of tasks, under
     ``torch.func.grad`` and with plain ``.backward()``. Gradients are taken with
     ``torch.func.grad``, never ``torch.autograd.grad``. Outside ``torch.func`` transforms each
@@ -146,17 +164,23 @@ def adapt(
         mode: How to differentiate: [metaops.inner.unrolled][] (default, also for ``None``),
             [metaops.inner.first_order][], [metaops.inner.checkpointed][] or
             [metaops.inner.implicit][].
+        only: Adapt only the parameters whose names match this glob pattern, or any of these
+            patterns (e.g. ``"head.*"`` or ``["head.*", "body.2.*"]``); ``None`` (default)
+            adapts all of them.
 
     Returns:
-        The adapted parameters $\phi$, a new dict with the keys of ``params``.
+        The adapted parameters $\phi$, a new dict with the keys of ``params`` in their order
+        (the frozen ones are the very tensors of ``params``).
 
     Raises:
         TypeError: If ``params`` is not a dict of floating tensors, ``loss_fn`` does not
-            return a tensor, or ``mode`` is not a mode.
+            return a tensor, ``mode`` is not a mode, or ``only`` is not a pattern or a
+            non-empty list of patterns.
         ValueError: If ``steps < 1``, the loss is not a scalar, ``mode=implicit(...)`` is
             combined with optimizer hyperparameters that need a meta-gradient, or (outside
             transforms, except in ``implicit`` mode) the loss does not depend on some of
             ``params``, e.g. names that ``functional_call`` ignored; the message names them.
+            Also if a pattern of ``only`` matches no parameter; the message lists the names.
         NonFiniteError: If a loss or gradient becomes NaN/inf (outside transforms); the
             message names the inner step and the parameters.
         BatchNormUnderVmapError: If a second-order loop computes batch-norm statistics under
@@ -174,6 +198,20 @@ def adapt(
         >>> loss_fn(phi, batch).backward()   # dL/dphi * dphi/dtheta = -5 * (1 - 0.1 * 5)
         >>> theta["w"].grad
         tensor(-2.5000)
+
+        ANIL: adapt the head, keep the body; the body still gets its meta-gradient.
+
+        >>> model = torch.nn.Sequential()
+        >>> model.body, model.head = torch.nn.Linear(1, 4), torch.nn.Linear(4, 1)
+        >>> loss_fn = lambda p, b: ((torch.func.functional_call(model, p, (b[0],)) - b[1]) ** 2).mean()
+        >>> theta = dict(model.named_parameters())
+        >>> batch = (torch.randn(8, 1), torch.randn(8, 1))
+        >>> phi = adapt(loss_fn, theta, batch, sgd(0.1), steps=2, only="head.*")
+        >>> phi["body.weight"] is theta["body.weight"], phi["head.weight"] is theta["head.weight"]
+        (True, False)
+        >>> loss_fn(phi, batch).backward()
+        >>> model.body.weight.grad is not None
+        True
     """
     check_params(params)
     check_steps(steps)
@@ -183,24 +221,26 @@ def adapt(
             f"optimizer must be a metaops.inner.InnerOptimizer (e.g. sgd(0.01)), got "
             f"{type(optimizer).__name__}"
         )
+    adapted, frozen = split_by_pattern(params, only)
     with batch_norm_context(refuse_batch_statistics=not isinstance(mode, FirstOrder)):
-        return _run(loss_fn, params, batch, optimizer, steps, mode)
+        phi = _run(loss_fn, adapted, batch, optimizer, steps, mode, frozen, list(params))
+    return merge(phi, frozen, list(params)) if frozen else phi
 
 
-def _run(loss_fn, params, batch, optimizer, steps, mode):
+def _run(loss_fn, params, batch, optimizer, steps, mode, frozen, names):
     if isinstance(mode, Checkpointed):
         from metaops.inner._checkpointed import checkpointed_loop
 
         note_eager_only(_EAGER_ONLY.format("checkpointed()", torch.__version__))
-        return checkpointed_loop(loss_fn, params, batch, optimizer, steps)
+        return checkpointed_loop(loss_fn, params, batch, optimizer, steps, frozen=frozen, names=names)
     if isinstance(mode, Implicit):
         from metaops.inner._implicit import implicit_loop
 
         note_eager_only(_EAGER_ONLY.format("implicit()", torch.__version__))
-        return implicit_loop(loss_fn, params, batch, optimizer, steps, mode)
+        return implicit_loop(loss_fn, params, batch, optimizer, steps, mode, frozen=frozen, names=names)
     state = optimizer.init(params)
     params, _ = unrolled_steps(
-        loss_fn, params, batch, optimizer, state, optimizer.hyperparams, steps,
+        with_frozen(loss_fn, frozen, names), params, batch, optimizer, state, optimizer.hyperparams, steps,
         check_finite=not under_transform(), first_order=isinstance(mode, FirstOrder),
     )
     return params

@@ -11,6 +11,7 @@ from torch import Tensor
 from metaops.inner._adapt import checked_loss, unrolled_steps
 from metaops.inner._base import InnerOptimizer
 from metaops.inner._modes import Implicit, check_implicit_args
+from metaops.inner._partial import with_frozen
 from metaops.inner._validate import check_params, check_steps, split_tensors, under_transform
 from metaops.linalg._cg import cg
 from metaops.linalg._hvp import hvp
@@ -41,9 +42,18 @@ def proximal_loss(loss_fn: LossFn, anchor: Params, *, reg: float) -> LossFn:
 
 
 def implicit_loop(
-    loss_fn: LossFn, params: Params, batch: Any, optimizer: InnerOptimizer, steps: int, mode: Implicit
+    loss_fn: LossFn, params: Params, batch: Any, optimizer: InnerOptimizer, steps: int, mode: Implicit,
+    *, frozen: Params | None = None, names: list[str] | None = None,
 ) -> Params:
-    """Solves the proximal problem and differentiates at the solution (see [metaops.inner.implicit][])."""
+    r"""Solves the proximal problem and differentiates at the solution (see [metaops.inner.implicit][]).
+
+    With ``frozen`` parameters $\beta$ (partial adaptation; ``names`` orders all parameters for
+    ``loss_fn``) the problem is over the adapted ones only, and the implicit function theorem
+    applied to $\nabla_\phi \hat{\mathcal{L}}(\phi^\star, \beta) + \lambda(\phi^\star - \theta) = 0$
+    also gives $\beta$ its gradient, $-\frac{1}{\lambda}\big(\nabla^2_{\phi\beta}
+    \hat{\mathcal{L}}\big)^{\top} (I + H/\lambda)^{-1} g$.
+    """
+    frozen = frozen or {}
     needing = [
         name for name, leaf in _named_leaves(optimizer.hyperparams)
         if isinstance(leaf, Tensor) and leaf.requires_grad
@@ -55,6 +65,7 @@ def implicit_loop(
             "(the proximal solution does not depend on them, so they would get none). Use "
             "mode=unrolled() or checkpointed() to learn them, or detach them."
         )
+    all_names = names if names is not None else list(params)
     names = list(params)
     tensors, rebuild_batch = split_tensors(batch)
     spec = _Spec(
@@ -66,8 +77,10 @@ def implicit_loop(
         names=names,
         rebuild_batch=rebuild_batch,
         check_finite=not under_transform(),
+        frozen_names=list(frozen),
+        all_names=all_names,
     )
-    out = _ImplicitSolve.apply(spec, *[params[n] for n in names], *tensors)
+    out = _ImplicitSolve.apply(spec, *[params[n] for n in names], *frozen.values(), *tensors)
     return dict(zip(names, out))
 
 
@@ -188,10 +201,16 @@ class _Spec(NamedTuple):
     names: list
     rebuild_batch: Any
     check_finite: bool
+    frozen_names: list
+    all_names: list
 
     def split(self, inputs):
-        n = len(self.names)
-        return dict(zip(self.names, inputs[:n])), self.rebuild_batch(inputs[n:])
+        n, f = len(self.names), len(self.frozen_names)
+        frozen = dict(zip(self.frozen_names, inputs[n : n + f]))
+        return dict(zip(self.names, inputs[:n])), frozen, self.rebuild_batch(inputs[n + f :])
+
+    def loss(self, frozen):
+        return with_frozen(self.loss_fn, frozen, self.all_names)
 
 
 class _ImplicitSolve(torch.autograd.Function):
@@ -199,10 +218,11 @@ class _ImplicitSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(spec: _Spec, *inputs: Tensor):
-        theta, batch = spec.split(inputs)
+        theta, frozen, batch = spec.split(inputs)
         anchor = {k: v.detach() for k, v in theta.items()}
+        frozen = {k: v.detach() for k, v in frozen.items()}
         phi = _solve_proximal(
-            spec.loss_fn, anchor, batch, spec.optimizer, spec.reg, spec.steps, check_finite=spec.check_finite
+            spec.loss(frozen), anchor, batch, spec.optimizer, spec.reg, spec.steps, check_finite=spec.check_finite
         )
         return tuple(phi[n] for n in spec.names)
 
@@ -218,19 +238,27 @@ class _ImplicitSolve(torch.autograd.Function):
         spec: _Spec = ctx.spec
         n = len(spec.names)
         saved = ctx.saved_tensors
-        phi = dict(zip(spec.names, saved[:n]))
-        _, batch = spec.split(list(saved[:n]) + list(saved[n:]))
+        phi, frozen, batch = spec.split(saved)
         g = {
             name: (gi if gi is not None else torch.zeros_like(phi[name]))
             for name, gi in zip(spec.names, grad_outputs)
         }
-        solution = _inverse_hessian_product(spec.loss_fn, phi, batch, g, spec.reg, spec.cg_steps)
+        loss_fn = spec.loss(frozen)
+        solution = _inverse_hessian_product(loss_fn, phi, batch, g, spec.reg, spec.cg_steps)
+        frozen_grads = []
+        if frozen:  # -(1/reg) (d^2 L / d phi d frozen)^T solution
+            _, vjp_fn = torch.func.vjp(
+                lambda fz: torch.func.grad(lambda p: checked_loss(spec.loss(fz), p, batch))(phi), frozen
+            )
+            (mixed,) = vjp_fn(solution)
+            frozen_grads = [-mixed[name] / spec.reg for name in spec.frozen_names]
         # The implicit gradient is first-order only: any attempt to differentiate it again
         # reaches _FirstOrderOnly's backward and raises, instead of returning the derivative of
         # the CG iterations (which is not the second derivative of the meta-loss).
-        connect = [*phi.values(), *g.values()]
+        connect = [*phi.values(), *g.values(), *frozen.values()]
         out = [_FirstOrderOnly.apply(solution[name].detach(), *connect) for name in spec.names]
-        return (None, *out, *([None] * (len(saved) - n)))
+        out += [_FirstOrderOnly.apply(grad.detach(), *connect) for grad in frozen_grads]
+        return (None, *out, *([None] * (len(saved) - n - len(frozen_grads))))
 
 
 class _FirstOrderOnly(torch.autograd.Function):

@@ -112,8 +112,10 @@ def checkpointed(*args: object) -> Checkpointed:
     meta-loss, TRPO's Fisher products) are exact as well. Memory holds $K$ parameter copies
     plus the activations of one step, instead of the activations of all $K$ steps, at the
     price of recomputing each step once more. The support ``batch`` and anything ``loss_fn``
-    captures are treated as constants. It runs eagerly inside [metaops.compile_meta_step][]
-    (torch.compile would drop its ``torch.autograd.Function``'s backward).
+    captures are treated as constants: parameters held fixed in the inner loop that need a
+    meta-gradient belong in ``params`` with ``adapt(..., only=...)``. It runs eagerly inside
+    [metaops.compile_meta_step][] (torch.compile would drop its ``torch.autograd.Function``'s
+    backward).
 
     Returns:
         The mode, for ``adapt(..., mode=checkpointed())``.
@@ -156,7 +158,9 @@ def implicit(*args: object, reg: float, cg_steps: int = 5) -> Implicit:
     solved by ``cg_steps`` iterations of [metaops.linalg.cg][] with Hessian-vector products
     ([metaops.linalg.hvp][]). The gradient is exact when the inner problem is solved exactly
     (enough steps) and CG has converged. Nothing is stored per inner step. Meta-gradients flow
-    only to the initial parameters: an optimizer hyperparameter that needs a meta-gradient
+    only to the initial parameters (with ``adapt(..., only=...)`` also to the frozen ones,
+    through $\nabla^2_{\phi\beta}\hat{\mathcal{L}}$; anything ``loss_fn`` captures is a
+    constant): an optimizer hyperparameter that needs a meta-gradient
     (a Meta-SGD rate being learned) raises, since the solution does not depend on it.
     The backward pass is not differentiable again: a second derivative raises.
 

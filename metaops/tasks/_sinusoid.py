@@ -16,12 +16,26 @@ class SinusoidTask:
     """One sinusoid task, $y = A \\sin(x - \\varphi)$ (plain data).
 
     Examples:
-        >>> SinusoidTask(amplitude=1.0, phase=0.5)
+        >>> task = SinusoidTask(amplitude=1.0, phase=0.5)
+        >>> task
         SinusoidTask(amplitude=1.0, phase=0.5)
+        >>> task.target(torch.tensor([0.5]))
+        tensor([0.])
+        >>> task.label
+        'A=1.00, phase=0.50'
     """
 
     amplitude: float
     phase: float
+
+    @property
+    def label(self) -> str:
+        """A short description for plot titles."""
+        return f"A={self.amplitude:.2f}, phase={self.phase:.2f}"
+
+    def target(self, x: Tensor) -> Tensor:
+        """Evaluates $y = A \\sin(x - \\varphi)$ at ``x`` (any shape, e.g. a grid of shape `(points, 1)`)."""
+        return self.amplitude * torch.sin(x - self.phase)
 
     def to_dict(self) -> dict[str, float]:
         """Returns the task as a plain dict."""
