@@ -11,6 +11,7 @@ The public API lives in these namespaces (one public path per object):
 - ``metaops.rl``: RL building blocks (returns, GAE, baselines, policies, critics, TRPO, PPO).
 - ``metaops.envs``: gymnasium + MuJoCo meta-RL tasks and the task-batched sampler
   (imported on first use).
+- ``metaops.distributed``: data-parallel meta-training on ``torch.distributed`` (``torchrun``).
 - ``metaops.experiment``: checkpoints, run logs, confidence intervals, plots for recipes
   (imported on first use).
 - top level: ``map_tasks``, ``meta_value_and_grad``, ``check_meta_grad``,
@@ -20,7 +21,7 @@ The public API lives in these namespaces (one public path per object):
 import importlib
 from typing import Any
 
-from metaops import estimators, inner, linalg, nn, rl, tasks, tree
+from metaops import distributed, estimators, inner, linalg, nn, rl, tasks, tree
 from metaops._batching import map_tasks, meta_value_and_grad
 from metaops._check import MetaGradReport, check_meta_grad
 from metaops._compile import CompiledMetaStep, compile_meta_step
@@ -37,6 +38,7 @@ __all__ = [
     "rl",
     "envs",
     "experiment",
+    "distributed",
     "map_tasks",
     "meta_value_and_grad",
     "check_meta_grad",

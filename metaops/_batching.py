@@ -12,6 +12,8 @@ from torch import Tensor
 
 from metaops._batchnorm import BatchNormUnderVmapError, batch_norm_context
 from metaops._compile import note_eager_only
+from metaops.distributed._reduce import flat_all_reduce_sum
+from metaops.distributed._setup import rank, world_size
 from metaops.inner._adapt import NonFiniteError
 from metaops.inner._validate import under_transform
 from metaops.tree import (
@@ -53,7 +55,7 @@ def _check_strategy(strategy: str, chunk_size: int | None) -> None:
         raise ValueError(f"chunk_size is only used with strategy='chunked' (got {strategy!r})")
 
 
-def _num_tasks(args: tuple, in_dims: tuple) -> int:
+def _num_tasks(args: tuple, in_dims: tuple, *, allow_empty: bool = False) -> int:
     sizes = set()
     for i, (arg, dim) in enumerate(zip(args, in_dims)):
         if dim is None:
@@ -67,7 +69,7 @@ def _num_tasks(args: tuple, in_dims: tuple) -> int:
     if len(sizes) > 1:
         raise ValueError(f"task arguments disagree on the number of tasks: {sorted(sizes)}")
     n = sizes.pop()
-    if n == 0:
+    if n == 0 and not allow_empty:
         raise ValueError("the task batch is empty")
     return n
 
@@ -299,6 +301,7 @@ def meta_value_and_grad(
     strategy: Strategy = "auto",
     chunk_size: int | None = None,
     compile: bool = False,
+    process_group: torch.distributed.ProcessGroup | None = None,
 ) -> tuple[Tensor, PyTree]:
     r"""Returns the mean meta-loss over a task batch and its meta-gradient.
 
@@ -331,6 +334,18 @@ def meta_value_and_grad(
     that no task's loss uses (on the autograd path), the usual sign of a misspelt name that
     ``torch.func.functional_call`` silently ignored.
 
+    **Many processes** (``process_group``, e.g. from [metaops.distributed.init][] under
+    ``torchrun``): each process passes *its slice* of the task batch
+    ([metaops.distributed.shard_tasks][]) and receives the mean loss and meta-gradient over the
+    tasks of *all* processes, $\frac{1}{\sum_r N_r}\sum_r \sum_{i \le N_r} \ell_{r,i}$,
+    equal to the one-process result on the whole batch up to float rounding. The per-process
+    sums, the task counts and the loss travel in one flat ``all_reduce`` per call (per dtype),
+    so every process gets the same numbers and can take the same optimizer step; a slice may
+    be empty (fewer tasks than processes). A NaN/inf loss on any process raises on every
+    process, naming the offending tasks by their index in the whole batch. No
+    ``DistributedDataParallel`` is involved: gradients of gradients are computed locally and
+    only the final meta-gradient is reduced.
+
     Args:
         task_loss_fn: ``task_loss_fn(meta_params, *task) -> scalar`` for one task.
         meta_params: Pytree of meta-parameters (e.g. ``{"params": ..., "lrs": ...}``).
@@ -341,6 +356,9 @@ def meta_value_and_grad(
         strategy: ``"auto"``, ``"vmap"``, ``"chunked"`` or ``"loop"``.
         chunk_size: Tasks per chunk for ``"chunked"``.
         compile: Compile the strategy's unit of work (see above).
+        process_group: ``None`` (one process, the default) or the ``torch.distributed``
+            process group whose tasks are averaged (see above). Every process of the group
+            must call with the same ``meta_params`` structure.
 
     Returns:
         ``(mean_loss, grads)``: the meta-loss to **minimise** (detached) and its gradient,
@@ -368,8 +386,11 @@ def meta_value_and_grad(
     if not task_args:
         raise ValueError("meta_value_and_grad needs task arguments with a leading task dimension")
     dims = (0,) * len(task_args)
-    n = _num_tasks(task_args, dims)
+    n = _num_tasks(task_args, dims, allow_empty=process_group is not None)
     _check_per_task_data(task_args)
+    if process_group is not None:
+        return _distributed_value_and_grad(task_loss_fn, meta_params, task_args, n, strategy, chunk_size, compile,
+                                           process_group)
     if compile and not torch.compiler.is_compiling():
         return _compiled(task_loss_fn, strategy, chunk_size)(meta_params, *task_args)
     meta_params = stop_gradient(meta_params)
@@ -379,6 +400,45 @@ def meta_value_and_grad(
     with batch_norm_context():
         grads, losses = _run_strategy(run, task_loss_fn, meta_params, task_args, n, strategy, chosen, chunk_size)
     return mean_over_tasks(losses, grads, n, check_finite=not torch.compiler.is_compiling())
+
+
+def _distributed_value_and_grad(task_loss_fn, meta_params, task_args, n, strategy, chunk_size, compile, group):
+    """This process's sums over its tasks, reduced over ``group`` in one flat bucket (private)."""
+    meta_params = stop_gradient(meta_params)
+    leaves, spec = tree_flatten(meta_params)
+    reference = next((x for x in leaves if isinstance(x, Tensor) and x.is_floating_point()), torch.zeros(()))
+    if n == 0:  # fewer tasks than processes: this one only takes part in the reduction
+        losses = reference.new_zeros(0)
+        loss_sum, grad_leaves = reference.new_zeros(()), [torch.zeros_like(x) for x in leaves]
+    elif compile and not torch.compiler.is_compiling():
+        mean_loss, grads = _compiled(task_loss_fn, strategy, chunk_size)(meta_params, *task_args)
+        losses = mean_loss.reshape(1)  # per-task losses are not kept: the compiled step checked them
+        loss_sum, grad_leaves = mean_loss * n, [g * n for g in tree_leaves(grads)]
+    else:
+        run = _autograd_strategy if _use_autograd(meta_params) else _functional_strategy
+        chosen = _auto_strategy(task_args, (0,) * len(task_args)) if strategy == "auto" else strategy
+        with batch_norm_context():
+            grads, losses = _run_strategy(run, task_loss_fn, meta_params, task_args, n, strategy, chosen, chunk_size)
+        loss_sum, grad_leaves = losses.sum(), tree_leaves(grads)
+    me, size = rank(group), world_size(group)
+    counts = reference.new_zeros(size)
+    counts[me] = n
+    loss_sum, counts, *grad_leaves = flat_all_reduce_sum([loss_sum.to(reference.dtype), counts, *grad_leaves], group)
+    total = counts.sum()  # a tensor: no host sync inside torch.compile
+    mean_loss, grads = loss_sum / total, tree_unflatten([g / total for g in grad_leaves], spec)
+    if not torch.compiler.is_compiling():
+        if int(total.item()) == 0:
+            raise ValueError("meta_value_and_grad: no process of the group passed any task")
+        if not bool(torch.isfinite(mean_loss)):
+            offset, count = int(counts[:me].sum().item()), int(total.item())
+            bad = (torch.nonzero(~torch.isfinite(losses)).flatten() + offset).tolist()
+            where = f"tasks {bad} of {count} (indices in the whole batch)" if bad else "other processes' tasks"
+            raise NonFiniteError(
+                f"meta-loss is NaN/inf for {where}; if their inner loop diverges, lower the inner learning rate "
+                "(or the number of inner steps), else check those tasks' data for NaN/inf"
+            )
+        _check_finite_grads(grads)
+    return mean_loss, grads
 
 
 def _run_strategy(run, task_loss_fn, meta_params, task_args, n, strategy, chosen, chunk_size):

@@ -20,7 +20,7 @@ from metaops.experiment import SinusoidArgs, run_sinusoid
 
 
 @dataclass
-class Args(SinusoidArgs):  # + run control and evaluation options: --iterations, --eval-steps, --out-dir, ...
+class Args(SinusoidArgs):  # + run control, task family and evaluation options: --iterations, --task, --eval-steps, ...
     out_dir: str = "runs/imaml_sine"
     iterations: int = 5_000
     """meta-iterations; longer runs diverge (the support Hessians sharpen past what 20 SGD steps tolerate)"""
@@ -54,8 +54,9 @@ def main(args: Args) -> dict[str, float]:
                   "hidden")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream
-    dist = mo.tasks.Sinusoid()
+    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each task batch; else None
+    dist = args.task_distribution()  # --task sinusoid (default) or --task polynomial --degree 3
     model = make_model(args.hidden)
     meta_opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
 
@@ -74,15 +75,17 @@ def main(args: Args) -> dict[str, float]:
             reg=args.reg, steps=args.inner_steps, cg_steps=args.cg_steps,
         )
 
-    def meta_step(params, support, query):  # mean query loss over the task batch, and its gradient
+    def meta_step(params, support, query):  # mean query loss over all processes' tasks, and its gradient
         losses, grads = mo.map_tasks(task_value_and_grad, in_dims=(None, 0, 0), strategy="vmap")(params, support, query)
-        return losses.mean(), mo.tree.tree_map(lambda g: g.mean(0), grads)
+        means = (losses.mean(), mo.tree.tree_map(lambda g: g.mean(0), grads))  # over this process's tasks
+        return mo.distributed.all_reduce_mean(means, count=len(losses), group=group)  # over all processes
 
     step_fn = mo.compile_meta_step(meta_step) if args.compile else meta_step
 
     def meta_iteration():  # sample a task batch, take one Adam step on the implicit meta-gradient
         tasks = dist.sample_tasks(args.meta_batch, generator=g)
         support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
+        support, query = mo.distributed.shard_tasks((support, query), group)  # this process's share of the tasks
         meta_loss, grads = step_fn(mo.nn.named_params(model), support, query)
         meta_opt.zero_grad()
         mo.nn.set_grads(model, grads)
@@ -104,7 +107,7 @@ def main(args: Args) -> dict[str, float]:
         args, meta_iteration, recipe="imaml_sine", state={"model": model, "meta_opt": meta_opt, "generator": g},
         tasks=dist, meta_params=lambda: mo.nn.named_params(model), adapt_step=eval_step, predict=predict,
         task_metrics={"mse_proximal": proximal_mse}, compiled=step_fn if args.compile else None,
-        title="iMAML, sinusoid", fits_title=f"{args.eval_shots}-shot adaptation, inner lr {args.inner_lr}",
+        title=f"iMAML, {args.task}", fits_title=f"{args.eval_shots}-shot adaptation, inner lr {args.inner_lr}",
     )
 
 

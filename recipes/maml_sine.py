@@ -20,7 +20,7 @@ from metaops.experiment import SinusoidArgs, run_sinusoid
 
 
 @dataclass
-class Args(SinusoidArgs):  # + run control and evaluation options: --iterations, --eval-steps, --out-dir, ...
+class Args(SinusoidArgs):  # + run control, task family and evaluation options: --iterations, --task, --eval-steps, ...
     out_dir: str = "runs/maml_sine"
     iterations: int = 10_000
     """meta-iterations (the MAML paper used 70,000)"""
@@ -50,8 +50,9 @@ def main(args: Args) -> dict[str, float]:
     args.validate("meta_batch", "shots", "query_shots", "inner_steps", "inner_lr", "meta_lr", "hidden")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream
-    dist = mo.tasks.Sinusoid()
+    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each task batch; else None
+    dist = args.task_distribution()  # --task sinusoid (default) or --task polynomial --degree 3
     model = make_model(args.hidden)
     meta_opt = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
 
@@ -69,14 +70,15 @@ def main(args: Args) -> dict[str, float]:
                                  steps=args.inner_steps, mode=mode)
         return loss_fn(adapted, query)
 
-    def meta_step(params, support, query):  # mean query loss over the task batch, and its gradient
-        return mo.meta_value_and_grad(task_loss, params, support, query, strategy="vmap")
+    def meta_step(params, support, query):  # mean query loss over all processes' tasks, and its gradient
+        return mo.meta_value_and_grad(task_loss, params, support, query, strategy="vmap", process_group=group)
 
     step_fn = mo.compile_meta_step(meta_step) if args.compile else meta_step
 
     def meta_iteration():  # sample a task batch, take one Adam step on the meta-gradient
         tasks = dist.sample_tasks(args.meta_batch, generator=g)
         support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
+        support, query = mo.distributed.shard_tasks((support, query), group)  # this process's share of the tasks
         meta_loss, grads = step_fn(mo.nn.named_params(model), support, query)
         meta_opt.zero_grad()
         mo.nn.set_grads(model, grads)
@@ -91,7 +93,7 @@ def main(args: Args) -> dict[str, float]:
     return run_sinusoid(
         args, meta_iteration, recipe="maml_sine", state={"model": model, "meta_opt": meta_opt, "generator": g},
         tasks=dist, meta_params=lambda: mo.nn.named_params(model), adapt_step=eval_step, predict=predict,
-        compiled=step_fn if args.compile else None, title=f"{'FO' if args.first_order else ''}MAML, sinusoid",
+        compiled=step_fn if args.compile else None, title=f"{'FO' if args.first_order else ''}MAML, {args.task}",
         fits_title=f"{args.eval_shots}-shot adaptation, inner lr {args.inner_lr}",
     )
 

@@ -21,7 +21,7 @@ from metaops.experiment import SinusoidArgs, run_sinusoid
 
 
 @dataclass
-class Args(SinusoidArgs):  # + run control and evaluation options: --iterations, --eval-steps, --out-dir, ...
+class Args(SinusoidArgs):  # + run control, task family and evaluation options: --iterations, --task, --eval-steps, ...
     out_dir: str = "runs/metasgd_sine"
     iterations: int = 10_000
     """meta-iterations (the MAML paper used 70,000)"""
@@ -52,8 +52,9 @@ def main(args: Args) -> dict[str, float]:
     args.validate("meta_batch", "shots", "query_shots", "inner_steps", "init_lr", "meta_lr", "hidden")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream
-    dist = mo.tasks.Sinusoid()
+    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each task batch; else None
+    dist = args.task_distribution()  # --task sinusoid (default) or --task polynomial --degree 3
     net = mo.nn.MetaSGD(make_model(args.hidden), init_lr=args.init_lr)  # the model + one rate per weight
     meta_opt = torch.optim.Adam(net.parameters(), lr=args.meta_lr)  # learns the init and the rates
 
@@ -70,14 +71,15 @@ def main(args: Args) -> dict[str, float]:
         adapted = mo.inner.adapt(loss_fn, meta["params"], support, inner_opt, steps=args.inner_steps)
         return loss_fn(adapted, query)
 
-    def meta_step(meta, support, query):  # mean query loss over the task batch, and its gradient
-        return mo.meta_value_and_grad(task_loss, meta, support, query, strategy="vmap")
+    def meta_step(meta, support, query):  # mean query loss over all processes' tasks, and its gradient
+        return mo.meta_value_and_grad(task_loss, meta, support, query, strategy="vmap", process_group=group)
 
     step_fn = mo.compile_meta_step(meta_step) if args.compile else meta_step
 
     def meta_iteration():  # sample a task batch, take one Adam step on theta and alpha
         tasks = dist.sample_tasks(args.meta_batch, generator=g)
         support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
+        support, query = mo.distributed.shard_tasks((support, query), group)  # this process's share of the tasks
         meta = net.meta_params()
         meta_loss, grads = step_fn(meta, support, query)
         meta_opt.zero_grad()
@@ -100,7 +102,7 @@ def main(args: Args) -> dict[str, float]:
         args, meta_iteration, recipe="metasgd_sine", state={"model": net, "meta_opt": meta_opt, "generator": g},
         tasks=dist, meta_params=net.meta_params, adapt_step=eval_step,
         predict=lambda meta, x: predict(meta["params"], x), fields=["train/mean_lr"], on_log=mean_lr,
-        compiled=step_fn if args.compile else None, title="Meta-SGD, sinusoid",
+        compiled=step_fn if args.compile else None, title=f"Meta-SGD, {args.task}",
         fits_title=f"{args.eval_shots}-shot adaptation with the learned step sizes",
     )
 

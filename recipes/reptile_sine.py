@@ -20,7 +20,7 @@ from metaops.experiment import SinusoidArgs, run_sinusoid
 
 
 @dataclass
-class Args(SinusoidArgs):  # + run control and evaluation options: --iterations, --eval-steps, --out-dir, ...
+class Args(SinusoidArgs):  # + run control, task family and evaluation options: --iterations, --task, --eval-steps, ...
     out_dir: str = "runs/reptile_sine"
     iterations: int = 10_000
     """meta-iterations (the MAML paper used 70,000)"""
@@ -48,8 +48,9 @@ def main(args: Args) -> dict[str, float]:
     args.validate("meta_batch", "shots", "query_shots", "inner_steps", "inner_lr", "meta_lr", "hidden")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream
-    dist = mo.tasks.Sinusoid()
+    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each task batch; else None
+    dist = args.task_distribution()  # --task sinusoid (default) or --task polynomial --degree 3
     model = make_model(args.hidden)
     meta_opt = torch.optim.SGD(model.parameters(), lr=args.meta_lr)  # SGD on theta - phi is Reptile
 
@@ -67,14 +68,16 @@ def main(args: Args) -> dict[str, float]:
     def meta_step(params, support, query):  # (mean post-adaptation query loss, theta - mean phi)
         params = mo.tree.stop_gradient(params)  # Reptile needs no meta-graph
         adapted = mo.map_tasks(adapt_task, in_dims=(None, 0))(params, support)  # leaves (tasks, ...)
-        query_loss = mo.map_tasks(loss_fn, in_dims=(0, 0))(adapted, query).mean()
-        return query_loss, mo.inner.reptile_grad(params, adapted)
+        query_losses = mo.map_tasks(loss_fn, in_dims=(0, 0))(adapted, query)
+        means = (query_losses.mean(), mo.inner.reptile_grad(params, adapted))  # over this process's tasks
+        return mo.distributed.all_reduce_mean(means, count=len(query_losses), group=group)  # over all processes
 
     step_fn = mo.compile_meta_step(meta_step) if args.compile else meta_step
 
     def meta_iteration():  # sample a task batch, one SGD step along theta - mean phi
         tasks = dist.sample_tasks(args.meta_batch, generator=g)
         support, query = dist.sample_batch(tasks, args.shots, generator=g, query_shots=args.query_shots)
+        support, query = mo.distributed.shard_tasks((support, query), group)  # this process's share of the tasks
         query_loss, grads = step_fn(mo.nn.named_params(model), support, query)
         meta_opt.zero_grad()
         mo.nn.set_grads(model, grads)
@@ -90,7 +93,7 @@ def main(args: Args) -> dict[str, float]:
         args, meta_iteration, recipe="reptile_sine", state={"model": model, "meta_opt": meta_opt, "generator": g},
         tasks=dist, meta_params=lambda: mo.nn.named_params(model), adapt_step=eval_step, predict=predict,
         loss_name="query_loss", loss_label="meta-train post-adaptation query loss",
-        compiled=step_fn if args.compile else None, title="Reptile, sinusoid",
+        compiled=step_fn if args.compile else None, title=f"Reptile, {args.task}",
         fits_title=f"{args.eval_shots}-shot adaptation, inner lr {args.inner_lr}",
     )
 

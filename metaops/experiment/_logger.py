@@ -16,6 +16,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from metaops.distributed import is_main_process
 from metaops.experiment._checkpoint import default_permissions
 from metaops.experiment._interrupt import RunInterrupted, _DeferredSigint
 
@@ -80,6 +81,11 @@ class RunLogger:
     ``with RunLogger(...)`` block it too ends in ``RunInterrupted``, naming the last
     checkpoint. Ctrl-C behaves as usual again after [close][metaops.experiment.RunLogger.close].
 
+    **Many processes.** Under ``torch.distributed`` only the main process
+    ([metaops.distributed.is_main_process][]) writes: on the others the logger creates no
+    file or directory, shows no progress bar and prints nothing, and
+    [history][metaops.experiment.RunLogger.history] holds only the rows this process logged.
+
     Args:
         out_dir: Run directory (created if needed).
         fields: The metric names (CSV columns after ``step``).
@@ -125,22 +131,26 @@ class RunLogger:
         defer_interrupt: bool = False,
     ) -> None:
         self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.csv_path = self.out_dir / "metrics.csv"
         if rows < 0:
             raise ValueError(f"RunLogger: rows must be >= 0, got {rows}")
         self._fields = ["step", *fields]
         if len(set(self._fields)) != len(self._fields):
             raise ValueError(f"RunLogger: duplicate or reserved ('step') names in fields {list(fields)}")
-        self._rows = 0
-        last_step = self._truncate(rows) if rows > 0 else None
-        self._file = open(self.csv_path, "a" if rows > 0 else "w", newline="")  # noqa: SIM115
-        self._writer = csv.DictWriter(self._file, self._fields)
-        if rows == 0:
-            self._writer.writeheader()
-            self._file.flush()
+        self._silent = not is_main_process()  # another process of a distributed run: compute, write nothing
+        self._memory: list[dict[str, float]] = []  # the rows a silent logger was given
+        self._rows = rows if self._silent else 0
+        self._file = None
         self._tb = None
-        if tensorboard:
+        if not self._silent:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            last_step = self._truncate(rows) if rows > 0 else None
+            self._file = open(self.csv_path, "a" if rows > 0 else "w", newline="")  # noqa: SIM115
+            self._writer = csv.DictWriter(self._file, self._fields)
+            if rows == 0:
+                self._writer.writeheader()
+                self._file.flush()
+        if tensorboard and not self._silent:
             from torch.utils.tensorboard import SummaryWriter
 
             # TensorBoard hides the events of earlier files at steps >= purge_step: here those after the last
@@ -148,7 +158,8 @@ class RunLogger:
             tb_dir = self.out_dir / "tensorboard"
             _wait_for_a_later_second(tb_dir)
             self._tb = SummaryWriter(str(tb_dir), purge_step=0 if last_step is None else last_step + 1)
-        self._bar = tqdm(total=total, initial=initial, desc=desc, disable=not progress, dynamic_ncols=True)
+        self._bar = tqdm(total=total, initial=initial, desc=desc, disable=not progress or self._silent,
+                         dynamic_ncols=True)
         self._last_checkpoint = initial if initial > 0 else None  # a run resumes from a checkpoint at `initial`
         self._interrupt = _DeferredSigint() if defer_interrupt else None
         if self._interrupt is not None:
@@ -198,6 +209,10 @@ class RunLogger:
         unknown = sorted(set(row) - set(self._fields))
         if unknown:
             raise ValueError(f"RunLogger.log: {unknown} are not columns of {str(self.csv_path)!r} ({self._fields})")
+        if self._silent:
+            self._memory.append(row)
+            self._rows += 1
+            return
         self._writer.writerow(row)
         self._file.flush()
         self._rows += 1
@@ -216,6 +231,11 @@ class RunLogger:
         """Whether Ctrl-C was pressed (``defer_interrupt=True`` only): time to checkpoint and stop."""
         return self._interrupt is not None and self._interrupt.requested
 
+    def _request_stop(self) -> None:
+        """Acts as if Ctrl-C was pressed here (another process of the run received it; private)."""
+        if self._interrupt is not None:
+            self._interrupt.requested = True
+
     def stop_if_interrupted(self, iteration: int) -> None:
         """Records a checkpoint just written at ``iteration``; after a Ctrl-C, ends the run there.
 
@@ -229,9 +249,13 @@ class RunLogger:
         Raises:
             RunInterrupted: After a Ctrl-C (a ``SystemExit`` with status 130).
         """
-        self._last_checkpoint = iteration
+        self._checkpointed(iteration)
         if self.interrupted:
             raise self._stop()
+
+    def _checkpointed(self, iteration: int) -> None:
+        """Records a checkpoint written at ``iteration`` without acting on Ctrl-C (private)."""
+        self._last_checkpoint = iteration
 
     def _stop(self) -> RunInterrupted:
         error = RunInterrupted(self._last_checkpoint)
@@ -240,18 +264,23 @@ class RunLogger:
         return error
 
     def write(self, message: str) -> None:
-        """Prints a message without breaking the progress bar (``tqdm.write``)."""
-        self._bar.write(message)
+        """Prints a message without breaking the progress bar (``tqdm.write``; main process only)."""
+        if not self._silent:
+            self._bar.write(message)
 
     def history(self) -> dict[str, list[float]]:
         """Reads the CSV back as columns (``step`` included); empty cells become NaN.
 
-        Works after [close][metaops.experiment.RunLogger.close] too.
+        Works after [close][metaops.experiment.RunLogger.close] too. On a process other than the
+        main one of a distributed run: only the rows this process logged.
         """
-        if not self._file.closed:
-            self._file.flush()
-        with open(self.csv_path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        if self._silent:
+            rows = [{k: str(v) for k, v in row.items()} for row in self._memory]
+        else:
+            if not self._file.closed:
+                self._file.flush()
+            with open(self.csv_path, newline="") as f:
+                rows = list(csv.DictReader(f))
         return {k: [float(r[k]) if r.get(k) not in (None, "") else math.nan for r in rows] for k in self._fields}
 
     def close(self) -> None:
@@ -261,7 +290,8 @@ class RunLogger:
         self._bar.close()
         if self._tb is not None:
             self._tb.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> RunLogger:
         return self

@@ -10,8 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
+from metaops.distributed import is_initialized, is_main_process
+from metaops.distributed._reduce import broadcast_object, flat_all_reduce_sum
 from metaops.experiment._checkpoint import load_run_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive
 from metaops.experiment._logger import RunLogger, save_json
@@ -134,6 +137,20 @@ def meta_train(
 
     ``config.json`` receives the configuration (``asdict(args)``).
 
+    **Many processes** (``torchrun``, [metaops.distributed.init][]): every process runs the
+    same loop and ``step()``, which must reduce its meta-gradient over the processes (e.g.
+    ``metaops.meta_value_and_grad(..., process_group=group)``) so that all hold the same state,
+    and should return the loss averaged over all processes (what is logged). Only the main
+    process (global rank 0) writes ``config.json``, the logs, the checkpoint and prints;
+    the others compute silently. To resume, the main process reads the checkpoint and sends
+    the full state to every process, so a run may resume with any number of processes, and
+    the out_dir need not be on a shared file system. Ctrl-C (SIGINT) that reaches some of
+    the processes is agreed on at the next log row or checkpoint (one small ``all_reduce``
+    every ``args.log_every`` iterations): all processes checkpoint and stop at the same
+    iteration instead of leaving others waiting. ``torchrun`` itself answers Ctrl-C by
+    terminating its workers (SIGTERM): they stop at once and the run resumes from the last
+    periodic checkpoint. The returned ``history`` is the main process's on every process.
+
     Args:
         args: The run's options (a [metaops.experiment.RunArgs][] subclass); all of its
             fields are the configuration the checkpoint records.
@@ -196,18 +213,28 @@ def meta_train(
     ckpt_path = out / "checkpoint.pt"
     config = asdict(args)
     loss_field = f"train/{loss_name}"
+    group = dist.group.WORLD if is_initialized() else None  # every process of a torchrun job
+    main = is_main_process()
     start, log_rows, window = 0, 0, []
-    if args.resume and ckpt_path.exists():
-        ckpt = load_run_checkpoint(ckpt_path, recipe=recipe, config=config, ignore=args.run_control,
+
+    def read_checkpoint() -> dict[str, Any] | None:
+        if not (args.resume and ckpt_path.exists()):
+            return None
+        return load_run_checkpoint(ckpt_path, recipe=recipe, config=config, ignore=args.run_control,
                                    iterations=args.iterations)
+
+    ckpt = _on_main_process(read_checkpoint, group)  # one reader; every process gets the full state
+    if ckpt is not None:
         for name, obj in state.items():
             if isinstance(obj, torch.Generator):
                 obj.set_state(ckpt[name])
             else:
                 obj.load_state_dict(ckpt[name])
         start, log_rows, window = ckpt["iteration"], ckpt["log_rows"], list(ckpt["window"])
-        print(f"resumed from {ckpt_path} at iteration {start}")
-    save_json(out / "config.json", config)
+        if main:
+            print(f"resumed from {ckpt_path} at iteration {start}")
+    if main:
+        save_json(out / "config.json", config)
 
     def row(iteration: int) -> dict[str, float]:
         return {loss_field: sum(window) / len(window), **(on_log(iteration) if on_log is not None else {})}
@@ -217,6 +244,8 @@ def meta_train(
                    defer_interrupt=True) as logger:  # Ctrl-C: checkpoint, then stop
 
         def checkpoint(iteration: int) -> None:
+            if not main:
+                return
             save_checkpoint(ckpt_path, {
                 "recipe": recipe, "config": config, "iteration": iteration,
                 **{name: obj.get_state() if isinstance(obj, torch.Generator) else obj.state_dict()
@@ -238,16 +267,47 @@ def meta_train(
             logger.advance(1, **{loss_name: loss})
             if compiled is not None and it == start + 1:
                 logger.write(f"compile_meta_step: compiled={compiled.compiled}, took {compiled.compile_seconds} s")
-            if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
+            scheduled = (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations
+            if group is None:
+                stop = logger.interrupted
+            else:  # the processes agree, at log rows and checkpoints, so that they stop at the same iteration
+                agree = scheduled or (it + 1) % args.log_every == 0
+                stop = agree and _any_process(logger.interrupted, group)
+            if scheduled or stop:
                 checkpoint(it + 1)
-                logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
+                if stop:
+                    logger._request_stop()
+                    logger.stop_if_interrupted(it + 1)  # "interrupted: checkpoint at iteration N"
+                logger._checkpointed(it + 1)
         if window:  # the iterations after the last full window (all of a run shorter than one): logged after
             # the final checkpoint, so that a longer resumed run replaces this row with the full window's
             logger.log(args.iterations, row(args.iterations))
     train_seconds = time.perf_counter() - train_start
 
-    history = logger.history()
+    history = _on_main_process(logger.history, group)
     metrics = {f"final_{loss_name}": last_finite(history[loss_field]), "train_seconds": train_seconds}
     if compiled is not None:
         metrics["compile_seconds"] = compiled.compile_seconds if compiled.compile_seconds is not None else math.nan
     return history, metrics
+
+
+def _on_main_process(fn: Callable[[], Any], group: dist.ProcessGroup | None) -> Any:
+    """``fn()`` evaluated by the main process only; its result, or its error, on every process."""
+    if group is None:
+        return fn()
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised on every process below
+            error = e
+    result, error = broadcast_object((result, error), group)
+    if error is not None:
+        raise error
+    return result
+
+
+def _any_process(flag: bool, group: dist.ProcessGroup) -> bool:
+    """Whether ``flag`` is set on any process of ``group`` (one small all_reduce)."""
+    (count,) = flat_all_reduce_sum([torch.tensor([float(flag)])], group)
+    return bool(count.item() > 0)

@@ -5,18 +5,19 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from metaops import map_tasks
+from metaops.distributed import is_main_process
 from metaops.experiment._logger import save_json
 from metaops.experiment._loop import RunArgs, meta_train
 from metaops.experiment._plots import FitPanel, plot_fits, plot_learning_curve
 from metaops.experiment._stats import format_summary, summarize_steps, summarize_tasks
-from metaops.tasks import Sinusoid
+from metaops.tasks import Polynomial, Sinusoid
 from metaops.tree import stop_gradient
 from metaops.typing import PyTree
 
@@ -93,9 +94,10 @@ def adaptation_curves(
 
 @dataclass
 class SinusoidArgs(RunArgs):
-    """The options of a sinusoid meta-learning script: run control and evaluation protocol.
+    """The options of a sinusoid script: run control, task family and evaluation protocol.
 
-    The fields of [metaops.experiment.RunArgs][] plus the held-out evaluation that
+    The fields of [metaops.experiment.RunArgs][], the task family (``task``: sinusoids, or
+    polynomials of degree ``degree``; see ``task_distribution``), and the held-out evaluation that
     [metaops.experiment.run_sinusoid][] applies: the MAML paper's protocol of ``eval_tasks``
     tasks with ``eval_shots`` support points, MSE on ``eval_query_shots`` query points after
     each of ``eval_steps`` adaptation steps, and a validation curve on ``val_tasks`` other
@@ -110,6 +112,10 @@ class SinusoidArgs(RunArgs):
         ValueError: eval_every (250) must be a multiple of log_every (100)
     """
 
+    task: Literal["sinusoid", "polynomial"] = "sinusoid"
+    """task family: metaops.tasks.Sinusoid() or metaops.tasks.Polynomial(degree=degree)"""
+    degree: int = 3
+    """degree of the polynomial tasks (with --task polynomial)"""
     eval_tasks: int = 600
     """held-out tasks for the final evaluation"""
     eval_shots: int = 5
@@ -141,6 +147,23 @@ class SinusoidArgs(RunArgs):
             raise ValueError(f"eval_steps must be a non-empty tuple of steps >= 1, got {self.eval_steps}")
         if self.eval_every % self.log_every:
             raise ValueError(f"eval_every ({self.eval_every}) must be a multiple of log_every ({self.log_every})")
+        self.task_distribution()  # an unknown task family or a bad degree raises here
+
+    def task_distribution(self) -> Sinusoid | Polynomial:
+        """Returns the task distribution that ``task`` (and ``degree``) name.
+
+        Raises:
+            ValueError: For an unknown ``task`` or a ``degree`` that is not an int ``>= 0``.
+
+        Examples:
+            >>> SinusoidArgs(task="polynomial", degree=2).task_distribution()
+            Polynomial(degree=2, coeff_range=(-1.0, 1.0), input_range=(-2.0, 2.0))
+        """
+        if self.task == "sinusoid":
+            return Sinusoid()
+        if self.task == "polynomial":
+            return Polynomial(degree=self.degree)
+        raise ValueError(f"task must be 'sinusoid' or 'polynomial', got {self.task!r}")
 
 
 def run_sinusoid(
@@ -149,7 +172,7 @@ def run_sinusoid(
     *,
     recipe: str,
     state: Mapping[str, Any],
-    tasks: Sinusoid,
+    tasks: Sinusoid | Polynomial,
     meta_params: Callable[[], PyTree],
     adapt_step: Callable[[PyTree, tuple[Tensor, Tensor]], PyTree],
     predict: Callable[[PyTree, Tensor], Tensor],
@@ -189,6 +212,10 @@ def run_sinusoid(
     The validation and held-out tasks come from their own generators, so evaluating does not
     change training. All evaluation is without meta-gradient.
 
+    Under ``torchrun`` (see [metaops.experiment.meta_train][] and the guide "Running on many
+    machines"), every process trains and evaluates, and only the main process writes files,
+    plots and prints; every process returns the same metrics (``train_seconds`` aside).
+
     Args:
         args: The run's options.
         step: One meta-iteration (sample a task batch, update the meta-parameters); returns
@@ -196,7 +223,8 @@ def run_sinusoid(
         recipe: The script's name: checkpoint tag and progress-bar label.
         state: Name -> model, optimizer, ``torch.Generator``, ... to checkpoint
             ([metaops.experiment.meta_train][]).
-        tasks: The task distribution; held-out tasks are drawn from it too.
+        tasks: The task distribution (usually ``args.task_distribution()``); held-out tasks
+            are drawn from it too.
         meta_params: Returns the current meta-parameters, the start of every adaptation.
         adapt_step: One evaluation adaptation step for one task,
             ``adapt_step(params, support) -> params`` (a pytree like ``meta_params()``).
@@ -289,6 +317,8 @@ def run_sinusoid(
         for name, fn in task_metrics.items():
             metrics |= summarize_tasks(map_tasks(fn, in_dims=(None, 0, 0))(params, support, query), name=name)
     metrics |= run_metrics
+    if not is_main_process():  # another process of a distributed run: same metrics, no files, no output
+        return metrics
     save_json(out / "metrics.json", metrics)
     print("held-out MSE: " + format_summary(metrics))
 
@@ -303,8 +333,7 @@ def run_sinusoid(
     preds = adaptation_curves(predict, adapt_step, meta_params(), support, x, steps=max(args.eval_steps),
                               data_dim=None)
     panels = [
-        FitPanel(x=x, target=task.amplitude * torch.sin(x - task.phase), support_x=support[0][i],
-                 support_y=support[1][i], title=f"A={task.amplitude:.2f}, phase={task.phase:.2f}",
+        FitPanel(x=x, target=task.target(x), support_x=support[0][i], support_y=support[1][i], title=task.label,
                  curves={"pre-update": preds[i, 0], **{f"{k} step(s)": preds[i, k] for k in args.eval_steps}})
         for i, task in enumerate(sampled)
     ]
