@@ -4,7 +4,9 @@ Every environment family has a task dataclass, a task distribution with
 `sample_tasks(num_tasks, *, generator)`, a single gymnasium environment with
 `set_task`/`get_task` (registered as `metaops/<Name>-v0`), and a batched version that
 steps all `(task, episode)` copies together and reproduces the single environment
-step for step. Users call `make`/`make_batched`/`task_distribution` by name (`env_names()`);
+step for step. `sample_episodes` drives stateless policies (`Policy`), `sample_trials` recurrent
+ones (`RecurrentPolicy`) over trials of consecutive episodes (RL²). Users call
+`make`/`make_batched`/`task_distribution` by name (`env_names()`);
 the concrete batched classes are internal. See `docs/envs.md` for the specifications and the differences from
 the MAML and ProMP reference code.
 """
@@ -14,6 +16,7 @@ from ._batched import BatchedEnv, EnvError, StepResult
 from ._demos import Demonstrations, collect_demonstrations, load_demonstrations, navigation_expert, save_demonstrations
 from ._half_cheetah import HalfCheetahDirEnv, HalfCheetahVelEnv
 from ._navigation import Navigation2DEnv
+from ._policy import Policy, RecurrentPolicy
 from ._random_params import HopperRandParamsEnv, Walker2dRandParamsEnv
 from ._registration import env_names, gymnasium_id, make, make_batched, task_distribution
 from ._sampler import EpisodeBatch, sample_episodes
@@ -33,6 +36,7 @@ from ._tasks import (
     VelocityTask,
     VelocityTasks,
 )
+from ._trials import TrialBatch, sample_trials
 
 __all__ = [
     "AntDir2DEnv",
@@ -56,9 +60,12 @@ __all__ = [
     "Navigation2DEnv",
     "NavigationTask",
     "NavigationTasks",
+    "Policy",
+    "RecurrentPolicy",
     "StepResult",
     "Task",
     "TaskDistribution",
+    "TrialBatch",
     "VelocityTask",
     "VelocityTasks",
     "Walker2dRandParamsEnv",
@@ -71,5 +78,6 @@ __all__ = [
     "make",
     "make_batched",
     "sample_episodes",
+    "sample_trials",
     "task_distribution",
 ]

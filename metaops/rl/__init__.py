@@ -30,6 +30,7 @@ from metaops.rl._policies import (
     kl_bounded_sgd,
     quadratic_kl,
 )
+from metaops.rl._recurrent import GaussianGRUPolicy, unroll
 from metaops.rl._replay import ReplayBuffer, Transitions
 from metaops.rl._returns import discounted_returns, gae, normalize_advantages
 from metaops.rl._sac import (
@@ -68,6 +69,9 @@ __all__ = [
     "categorical_kl",
     "categorical_entropy",
     "categorical_sample",
+    # recurrent policies (RL²)
+    "GaussianGRUPolicy",
+    "unroll",
     # the size of an inner step in policy space
     "quadratic_kl",
     "kl_bounded_sgd",
