@@ -18,7 +18,7 @@ export NO_MKDOCS_2_WARNING := 1
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,docs,bench]"
+	$(PY) -m pip install -q -e ".[dev,docs,bench,fewshot]"
 	touch $@
 
 venv: $(VENV)/.installed
