@@ -134,21 +134,21 @@ class _TwoGoals:
 
 @pytest.mark.slow
 def test_learns_to_use_its_memory_on_navigation(tmp_path, monkeypatch):
-    """Three seeds x 40 held-out tasks, paired per task: episode 2 of a trial beats episode 1.
+    """Five seeds x 40 held-out tasks, paired per task: episode 2 of a trial beats episode 1.
 
     2D navigation with two possible goals, (0.3, 0.3) and (-0.3, -0.3), 10-step episodes, 2 per
     trial: the first episode has to find out which goal it is, the second can head for it at
     once, but only if the GRU carried what it learnt across the reset. The statistic is the
-    paired per-task gain of episode 2 over episode 1 on held-out tasks, pooled over 3 seeds: its
-    95% interval is above zero and at least 2 of the 3 seeds' means are positive. Not all 3: one
-    seed in three may fail to learn in 100 iterations depending on the CPU's rounding (measured:
-    seed 2 gave +0.43 with the default MKL code path and -0.07 with ``MKL_CBWR=SSE4_2``, while the
-    pooled lower bound stayed at +0.44 or more). (With goals uniform on the square, RL² needs far
+    paired per-task gain of episode 2 over episode 1 on held-out tasks, pooled over 5 seeds: its
+    95% interval is above zero and at least 4 of the 5 seeds' means are positive. Not all: a seed
+    may fail to learn in 100 iterations depending on the CPU's rounding (measured, seeds 0-5:
+    +0.96, +1.49, +0.43, +0.94, +1.16, +1.15 with the default MKL code path; +0.71, +1.38, -0.07,
+    +0.89, +1.15, +1.95 with ``MKL_CBWR=SSE4_2``; seed 2 also gave -0.11 with ``COMPATIBLE``). (With goals uniform on the square, RL² needs far
     more than this test's 100 iterations; see benchmarks/RESULTS.md.)
     """
     monkeypatch.setattr(envs, "task_distribution", lambda name: _TwoGoals())
     gains, per_seed = [], []
-    for seed in range(3):
+    for seed in range(5):
         args = rl2.Args(env="Navigation2D", seed=seed, iterations=100, meta_batch=20, trials=1, episodes_per_trial=2,
                         horizon=10, hidden=32, lr=0.01, init_std=0.3, eval_tasks=40, threads=1,
                         out_dir=str(tmp_path / str(seed)), progress=False, tensorboard=False)
@@ -161,4 +161,4 @@ def test_learns_to_use_its_memory_on_navigation(tmp_path, monkeypatch):
         per_seed.append(round(gain.mean().item(), 3))
     mean, ci = mean_confidence_interval(torch.cat(gains))
     print(f"paired gain of episode 2 over episode 1: {mean:.3f} ± {ci:.3f} (95%), seeds {per_seed}")
-    assert mean - ci > 0 and sorted(per_seed)[1] > 0, (mean, ci, per_seed)
+    assert mean - ci > 0 and sum(g > 0 for g in per_seed) >= 4, (mean, ci, per_seed)
