@@ -143,8 +143,9 @@ def test_learns_to_use_its_memory_on_navigation(tmp_path, monkeypatch):
     95% interval is above zero and at least 4 of the 5 seeds' means are positive. Not all: a seed
     may fail to learn in 100 iterations depending on the CPU's rounding (measured, seeds 0-5:
     +0.96, +1.49, +0.43, +0.94, +1.16, +1.15 with the default MKL code path; +0.71, +1.38, -0.07,
-    +0.89, +1.15, +1.95 with ``MKL_CBWR=SSE4_2``; seed 2 also gave -0.11 with ``COMPATIBLE``). (With goals uniform on the square, RL² needs far
-    more than this test's 100 iterations; see benchmarks/RESULTS.md.)
+    +0.89, +1.15, +1.95 with ``MKL_CBWR=SSE4_2``; seed 2 also gave -0.11 with ``COMPATIBLE``).
+    (With goals uniform on the square, RL² needs far more than this test's 100 iterations; see
+    benchmarks/RESULTS.md.)
     """
     monkeypatch.setattr(envs, "task_distribution", lambda name: _TwoGoals())
     gains, per_seed = [], []
