@@ -130,7 +130,20 @@ def _worker(rank, out_dir):
     except Exception:  # noqa: BLE001 - reported by the test
         results["error"] = traceback.format_exc()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    _finish()
+
+
+def _finish():
+    """Waits for every rank, then leaves without tearing gloo down.
+
+    A rank that destroys the process group while the other still holds its connections can die
+    in gloo's C++ teardown ("terminate called without an active exception", SIGABRT; seen once
+    in a CI run): the results are on disk by now, so skip the teardown.
+    """
+    dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +335,7 @@ def _recipe_worker(rank, out_dir):
     except Exception:  # noqa: BLE001 - reported by the test
         results["error"] = traceback.format_exc()
     torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    dist.destroy_process_group()
+    _finish()
 
 
 @pytest.fixture(scope="module")
