@@ -249,7 +249,70 @@ def categorical_sample(logits: Tensor, *, generator: torch.Generator | None = No
         return draws.reshape(logits.shape[:-1])
 
 
-class GaussianMLPPolicy(nn.Module):
+class _GaussianHead(nn.Module):
+    """The diagonal Gaussian head shared by the Gaussian policies (private).
+
+    Subclasses build their body, then call ``_init_head`` (so that ``log_std`` comes after the
+    body's parameters, as before), and map their raw mean output through ``_distribution``. See
+    [metaops.rl.GaussianMLPPolicy][] for the bounded parameterisation.
+    """
+
+    def _init_head(
+        self,
+        act_dim: int,
+        *,
+        init_log_std: float,
+        min_log_std: float | None,
+        action_bounds: tuple[float | Sequence[float] | Tensor, float | Sequence[float] | Tensor] | None,
+        normalized_bound: float,
+    ) -> None:
+        if min_log_std is not None and not min_log_std <= init_log_std:
+            raise ValueError(f"min_log_std ({min_log_std}) must not exceed init_log_std ({init_log_std})")
+        if not 0 < normalized_bound < math.inf:
+            raise ValueError(f"normalized_bound must be positive and finite, got {normalized_bound}")
+        self.normalized_bound = float(normalized_bound)
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+        self.min_log_std = None if min_log_std is None else float(min_log_std)
+        self.bounded = action_bounds is not None
+        if action_bounds is not None:
+            low, high = (torch.as_tensor(b, dtype=torch.float32).expand(act_dim).clone() for b in action_bounds)
+            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (low < high).all()):
+                raise ValueError(f"action_bounds must be finite with low < high, got {low.tolist()}, {high.tolist()}")
+            # constants, not parameters: non-persistent buffers follow .to()/.double() and stay
+            # out of state_dict, so checkpoints of bounded and unbounded policies look alike
+            self.register_buffer("action_center", (high + low) / 2, persistent=False)
+            self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+
+    def _distribution(self, mean: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, log_std)`` in the units of the actions, from the body's raw mean output."""
+        log_std = self.log_std if self.min_log_std is None else torch.clamp(self.log_std, min=self.min_log_std)
+        if self.bounded:  # x = L tanh(f / L) in [-L, L], mapped onto the box: a = c + h x / L
+            mean = self.action_center + self.action_scale * torch.tanh(mean / self.normalized_bound)
+            log_std = log_std + torch.log(self.action_scale / self.normalized_bound)
+        return mean, log_std.expand_as(mean)
+
+    def log_prob(self, dist: tuple[Tensor, Tensor], actions: Tensor) -> Tensor:
+        """Log-density summed over action dimensions, shape `(...)`."""
+        return gaussian_log_prob(dist[0], dist[1], actions)
+
+    def sample(self, dist: tuple[Tensor, Tensor], *, generator: torch.Generator | None = None) -> Tensor:
+        """Detached actions, shape `(..., act_dim)`; call outside transforms."""
+        return gaussian_sample(dist[0], dist[1], generator=generator)
+
+    def entropy(self, dist: tuple[Tensor, Tensor]) -> Tensor:
+        """Entropy, shape `(...)`."""
+        return gaussian_entropy(dist[1])
+
+    def kl(self, dist_p: tuple[Tensor, Tensor], dist_q: tuple[Tensor, Tensor]) -> Tensor:
+        """$\\mathrm{KL}(p\\,\\|\\,q)$, shape `(...)`."""
+        return gaussian_kl(dist_p[0], dist_p[1], dist_q[0], dist_q[1])
+
+    def mode(self, dist: tuple[Tensor, Tensor]) -> Tensor:
+        """The mean action."""
+        return dist[0]
+
+
+class GaussianMLPPolicy(_GaussianHead):
     r"""Diagonal Gaussian MLP policy with a learned, state-independent log standard deviation.
 
     $\pi_\theta(a\mid s) = \mathcal{N}\big(a;\ \mu_\theta(s),\ \operatorname{diag}(\sigma^2)\big)$,
@@ -328,52 +391,13 @@ class GaussianMLPPolicy(nn.Module):
         normalized_bound: float = 10.0,
     ) -> None:
         super().__init__()
-        if min_log_std is not None and not min_log_std <= init_log_std:
-            raise ValueError(f"min_log_std ({min_log_std}) must not exceed init_log_std ({init_log_std})")
-        if not 0 < normalized_bound < math.inf:
-            raise ValueError(f"normalized_bound must be positive and finite, got {normalized_bound}")
-        self.normalized_bound = float(normalized_bound)
         self.mean_net = mlp(obs_dim, tuple(hidden_sizes), act_dim, activation)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
-        self.min_log_std = None if min_log_std is None else float(min_log_std)
-        self.bounded = action_bounds is not None
-        if action_bounds is not None:
-            low, high = (torch.as_tensor(b, dtype=torch.float32).expand(act_dim).clone() for b in action_bounds)
-            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (low < high).all()):
-                raise ValueError(f"action_bounds must be finite with low < high, got {low.tolist()}, {high.tolist()}")
-            # constants, not parameters: non-persistent buffers follow .to()/.double() and stay
-            # out of state_dict, so checkpoints of bounded and unbounded policies look alike
-            self.register_buffer("action_center", (high + low) / 2, persistent=False)
-            self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+        self._init_head(act_dim, init_log_std=init_log_std, min_log_std=min_log_std, action_bounds=action_bounds,
+                        normalized_bound=normalized_bound)
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Returns ``(mean, log_std)``, both of shape `(..., act_dim)`, in the units of the actions."""
-        mean = self.mean_net(obs)
-        log_std = self.log_std if self.min_log_std is None else torch.clamp(self.log_std, min=self.min_log_std)
-        if self.bounded:  # x = L tanh(f / L) in [-L, L], mapped onto the box: a = c + h x / L
-            mean = self.action_center + self.action_scale * torch.tanh(mean / self.normalized_bound)
-            log_std = log_std + torch.log(self.action_scale / self.normalized_bound)
-        return mean, log_std.expand_as(mean)
-
-    def log_prob(self, dist: tuple[Tensor, Tensor], actions: Tensor) -> Tensor:
-        """Log-density summed over action dimensions, shape `(...)`."""
-        return gaussian_log_prob(dist[0], dist[1], actions)
-
-    def sample(self, dist: tuple[Tensor, Tensor], *, generator: torch.Generator | None = None) -> Tensor:
-        """Detached actions, shape `(..., act_dim)`; call outside transforms."""
-        return gaussian_sample(dist[0], dist[1], generator=generator)
-
-    def entropy(self, dist: tuple[Tensor, Tensor]) -> Tensor:
-        """Entropy, shape `(...)`."""
-        return gaussian_entropy(dist[1])
-
-    def kl(self, dist_p: tuple[Tensor, Tensor], dist_q: tuple[Tensor, Tensor]) -> Tensor:
-        """$\\mathrm{KL}(p\\,\\|\\,q)$, shape `(...)`."""
-        return gaussian_kl(dist_p[0], dist_p[1], dist_q[0], dist_q[1])
-
-    def mode(self, dist: tuple[Tensor, Tensor]) -> Tensor:
-        """The mean action."""
-        return dist[0]
+        return self._distribution(self.mean_net(obs))
 
 
 class CategoricalMLPPolicy(nn.Module):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,14 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaops.rl._policies import gaussian_entropy, gaussian_kl, gaussian_log_prob, gaussian_sample
+from metaops.rl._policies import _GaussianHead
 from metaops.tree import tree_map
 from metaops.typing import Params
 
 __all__ = ["GaussianGRUPolicy", "unroll"]
 
 
-class GaussianGRUPolicy(nn.Module):
+class GaussianGRUPolicy(_GaussianHead):
     r"""Diagonal Gaussian policy on a GRU: the recurrent policy of RL² (Duan et al., 2016).
 
     One step maps the inputs $x_t$ and the carry $h_t$ (the GRU's hidden state) to
@@ -87,23 +86,11 @@ class GaussianGRUPolicy(nn.Module):
         for name, value in (("input_dim", input_dim), ("act_dim", act_dim), ("hidden_size", hidden_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"GaussianGRUPolicy: {name} must be a positive int, got {value!r}")
-        if min_log_std is not None and not min_log_std <= init_log_std:
-            raise ValueError(f"min_log_std ({min_log_std}) must not exceed init_log_std ({init_log_std})")
-        if not 0 < normalized_bound < math.inf:
-            raise ValueError(f"normalized_bound must be positive and finite, got {normalized_bound}")
         self.input_dim, self.act_dim, self.hidden_size = input_dim, act_dim, hidden_size
         self.gru = nn.GRUCell(input_dim, hidden_size)
         self.mean = nn.Linear(hidden_size, act_dim)
-        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
-        self.min_log_std = None if min_log_std is None else float(min_log_std)
-        self.normalized_bound = float(normalized_bound)
-        self.bounded = action_bounds is not None
-        if action_bounds is not None:
-            low, high = (torch.as_tensor(b, dtype=torch.float32).expand(act_dim).clone() for b in action_bounds)
-            if not (torch.isfinite(low).all() and torch.isfinite(high).all() and (low < high).all()):
-                raise ValueError(f"action_bounds must be finite with low < high, got {low.tolist()}, {high.tolist()}")
-            self.register_buffer("action_center", (high + low) / 2, persistent=False)
-            self.register_buffer("action_scale", (high - low) / 2, persistent=False)
+        self._init_head(act_dim, init_log_std=init_log_std, min_log_std=min_log_std, action_bounds=action_bounds,
+                        normalized_bound=normalized_bound)
 
     def initial_carry(self, batch_shape: Sequence[int], *, dtype: torch.dtype = torch.float32) -> Tensor:
         """Zeros of shape `(*batch_shape, hidden_size)`: the GRU state at the start of a trial."""
@@ -123,32 +110,7 @@ class GaussianGRUPolicy(nn.Module):
         r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
         n = torch.tanh(x_n + r * h_n)
         new_carry = (1 - z) * n + z * carry
-        mean = self.mean(new_carry)
-        log_std = self.log_std if self.min_log_std is None else torch.clamp(self.log_std, min=self.min_log_std)
-        if self.bounded:
-            mean = self.action_center + self.action_scale * torch.tanh(mean / self.normalized_bound)
-            log_std = log_std + torch.log(self.action_scale / self.normalized_bound)
-        return (mean, log_std.expand_as(mean)), new_carry
-
-    def log_prob(self, dist: tuple[Tensor, Tensor], actions: Tensor) -> Tensor:
-        """Log-density summed over action dimensions, shape `(...)`."""
-        return gaussian_log_prob(dist[0], dist[1], actions)
-
-    def sample(self, dist: tuple[Tensor, Tensor], *, generator: torch.Generator | None = None) -> Tensor:
-        """Detached actions, shape `(..., act_dim)`; call outside transforms."""
-        return gaussian_sample(dist[0], dist[1], generator=generator)
-
-    def entropy(self, dist: tuple[Tensor, Tensor]) -> Tensor:
-        """Entropy, shape `(...)`."""
-        return gaussian_entropy(dist[1])
-
-    def kl(self, dist_p: tuple[Tensor, Tensor], dist_q: tuple[Tensor, Tensor]) -> Tensor:
-        """$\\mathrm{KL}(p\\,\\|\\,q)$, shape `(...)`."""
-        return gaussian_kl(dist_p[0], dist_p[1], dist_q[0], dist_q[1])
-
-    def mode(self, dist: tuple[Tensor, Tensor]) -> Tensor:
-        """The mean action."""
-        return dist[0]
+        return self._distribution(self.mean(new_carry)), new_carry
 
 
 def unroll(policy: nn.Module, params: Params, inputs: Tensor, *, carry: Any = None) -> tuple[Any, Any]:
