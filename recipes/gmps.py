@@ -312,9 +312,10 @@ def main(args: Args) -> dict[str, float]:
         with torch.no_grad():  # statistics at the updated meta-parameters
             theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
             frozen_lrs = None if lrs is None else mo.tree.stop_gradient(lrs)
-            bc_after = all_tasks_bc_loss(theta, frozen_lrs, batch, *demo).mean().item()
             adapted = vmap(lambda b: mo.inner.adapt(loss_fn, theta, b, make_inner_optimizer(frozen_lrs, args.inner_lr),
-                                                    steps=1))(batch)
+                                                    steps=1))(batch)  # once, for both statistics
+            bc_after = vmap(lambda p, o, a, m: behaviour_cloning_loss(policy, p, o, a, m, half_range))(
+                adapted, *demo).mean().item()
             inner_kl = vmap(lambda p, o, m: rl.mean_kl(policy, theta, p, o, mask=m))(adapted, batch[0], batch[3])
             std = (policy(batch[0][0, 0, :1])[1].exp() / half_range).mean().item()
         t2 = time.perf_counter()
