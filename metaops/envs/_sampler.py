@@ -12,6 +12,8 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from metaops.tree import tree_map
+
 from ._batched import BatchedEnv
 
 __all__ = ["EpisodeBatch", "sample_episodes"]
@@ -77,6 +79,62 @@ class EpisodeBatch:
         """Number of real steps per episode, `(task, episode)` int64."""
         return self.mask.sum(-1).to(torch.int64)
 
+    @property
+    def next_observations(self) -> Tensor:
+        r"""$s_{t+1}$ for every real step, `(task, episode, time, obs_dim)`, zero on padding.
+
+        The next step's observation inside an episode, and `final_observations` at each
+        episode's last real step (terminal or cut by the horizon), never the first observation
+        of another episode: what an off-policy critic bootstraps from.
+
+        Examples:
+            >>> import torch
+            >>> obs = torch.arange(4.0).reshape(1, 1, 4, 1)  # one episode, 3 real steps
+            >>> batch = EpisodeBatch(
+            ...     observations=obs * torch.tensor([1.0, 1, 1, 0]).reshape(1, 1, 4, 1),
+            ...     final_observations=torch.full((1, 1, 1), 9.0), actions=torch.zeros(1, 1, 4, 1),
+            ...     rewards=torch.zeros(1, 1, 4), log_probs=torch.zeros(1, 1, 4),
+            ...     mask=torch.tensor([[[1.0, 1, 1, 0]]]), terminated=torch.zeros(1, 1, 4, dtype=torch.bool),
+            ...     truncated=torch.zeros(1, 1, 4, dtype=torch.bool), infos={}, tasks=(None,))
+            >>> batch.next_observations[0, 0, :, 0]
+            tensor([1., 2., 9., 0.])
+        """
+        mask = self.mask.unsqueeze(-1)
+        shifted = torch.cat([self.observations[..., 1:, :], torch.zeros_like(self.observations[..., :1, :])], dim=-2)
+        continues = torch.cat([self.mask[..., 1:], torch.zeros_like(self.mask[..., :1])], dim=-1).unsqueeze(-1)
+        final = self.final_observations.unsqueeze(-2).to(shifted.dtype)
+        return (continues * shifted + (1 - continues) * final) * mask
+
+    def transitions(self) -> tuple[dict[str, Tensor], ...]:
+        r"""The real steps of each task as flat transitions $(s, a, r, s', d, \text{trunc})$.
+
+        One dict per task (tasks may have different numbers of real steps when episodes
+        terminate early), with keys ``obs`` `(n, obs_dim)`, ``actions`` `(n, act_dim)`,
+        ``rewards`` `(n,)`, ``next_obs`` `(n, obs_dim)` (see `next_observations`),
+        ``terminated`` and ``truncated`` `(n,)` bool, in episode then time order. The first five
+        are the arguments of [metaops.rl.ReplayBuffer][]'s ``add`` (add a leading task
+        dimension of 1 for a one-task buffer); ``truncated`` is there for learners that need it.
+
+        Examples:
+            >>> import torch
+            >>> batch = EpisodeBatch(
+            ...     observations=torch.zeros(2, 1, 3, 4), final_observations=torch.zeros(2, 1, 4),
+            ...     actions=torch.zeros(2, 1, 3, 1), rewards=torch.ones(2, 1, 3), log_probs=torch.zeros(2, 1, 3),
+            ...     mask=torch.tensor([[[1.0, 1, 1]], [[1.0, 0, 0]]]),
+            ...     terminated=torch.tensor([[[False, False, False]], [[True, False, False]]]),
+            ...     truncated=torch.tensor([[[False, False, True]], [[False, False, False]]]),
+            ...     infos={}, tasks=(None, None))
+            >>> [(t["obs"].shape, t["terminated"].tolist()) for t in batch.transitions()]
+            [(torch.Size([3, 4]), [False, False, False]), (torch.Size([1, 4]), [True])]
+        """
+        fields = {"obs": self.observations, "actions": self.actions, "rewards": self.rewards,
+                  "next_obs": self.next_observations, "terminated": self.terminated, "truncated": self.truncated}
+        out = []
+        for task in range(self.mask.shape[0]):
+            real = self.mask[task] > 0  # (episode, time)
+            out.append({name: value[task][real] for name, value in fields.items()})
+        return tuple(out)
+
 
 def _per_task(policy: nn.Module, params: Mapping[str, Tensor], num_tasks: int) -> bool:
     """Whether `params` carry a leading task dimension (and are consistent)."""
@@ -109,9 +167,10 @@ def sample_episodes(
     params: Mapping[str, Tensor],
     tasks: Sequence[Any],
     *,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     horizon: int | None = None,
     policy_threads: int | None = 1,
+    latent: Tensor | None = None,
 ) -> EpisodeBatch:
     r"""Samples `env.episodes_per_task` episodes for each task with a (per-task) policy.
 
@@ -123,8 +182,20 @@ def sample_episodes(
     action bounds only when passed to the environment; log-probabilities
     `policy.log_prob(dist, actions)` are recorded under `torch.no_grad()`.
 
+    **A per-task latent or context** (PEARL's $z$): with `latent` the policy sees
+    $[s_t, z]$, the observation concatenated with the latent of its task (`(task, dim)`) or
+    of its episode (`(task, episode, dim)`), so its input size is `obs_dim + dim`; the
+    recorded `observations` stay the environment's. `latent` is a constant of the rollout
+    (drawn by the caller, e.g. from a posterior); it works with shared and per-task `params`.
+
     The batch is a deterministic function of the generator's state: reset seeds and
     action noise are both drawn from it, and the physics is bit-reproducible.
+
+    **Per-task generators.** With one generator per task, task $i$'s reset seeds and action
+    noise come from generator $i$ alone, so a task's episodes do not depend on which other
+    tasks share the call: sampling tasks ``0..3`` in one call, or ``0..1`` and ``2..3`` in two
+    calls (two processes of a distributed run, each with its slice of the generators), gives
+    the same episodes (the actions up to the float rounding of the batched policy call).
 
     Args:
         env: A batched environment from [metaops.envs.make_batched][], with
@@ -133,12 +204,14 @@ def sample_episodes(
             that has `sample(dist, *, generator)` and `log_prob(dist, actions)`.
         params: Shared parameters (`dict(policy.named_parameters())`) or per-task ones.
         tasks: The tasks, one per row of the batch.
-        generator: Source of all randomness.
+        generator: Source of all randomness: one generator, or a sequence of one per task.
         horizon: Episode length; defaults to `env.horizon`.
         policy_threads: torch intra-op threads for the policy calls, restored afterwards
             (`None` leaves torch's setting). One thread is the fast choice for per-step
             policy calls on a few cores: with more, torch's worker threads wait on cores
             that are busy with physics or other processes.
+        latent: Optional floating tensor `(task, dim)` or `(task, episode, dim)`, appended to
+            every observation the policy sees (converted to the parameters' dtype).
 
     Returns:
         An [metaops.envs.EpisodeBatch][] shaped `(task, episode, time, ...)`.
@@ -174,12 +247,30 @@ def sample_episodes(
         ...                         generator=g)
         >>> batch.observations.shape, batch.rewards.shape
         (torch.Size([4, 5, 100, 2]), torch.Size([4, 5, 100]))
+
+        A policy on `[obs, z]` with one latent per task (here `z` has one entry):
+
+        >>> class LatentPolicy(Policy):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.mean = torch.nn.Linear(3, 2)
+        >>> latent_policy = LatentPolicy()
+        >>> batch = sample_episodes(env, latent_policy, dict(latent_policy.named_parameters()), tasks,
+        ...                         generator=g, latent=torch.zeros(4, 1))
+        >>> batch.observations.shape
+        torch.Size([4, 5, 100, 2])
     """
     tasks = tuple(tasks)
     if len(tasks) != env.num_tasks:
         raise ValueError(f"env was built for {env.num_tasks} tasks, got {len(tasks)} tasks")
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or a sequence of one per task, got {type(generator).__name__}"
+            )
+        if len(generator) != len(tasks):
+            raise ValueError(f"got {len(generator)} generators for {len(tasks)} tasks: pass one per task")
+        generator = tuple(generator)
     horizon = env.horizon if horizon is None else horizon
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be a positive int, got {horizon!r}")
@@ -187,13 +278,50 @@ def sample_episodes(
         isinstance(policy_threads, bool) or not isinstance(policy_threads, int) or policy_threads < 1
     ):
         raise ValueError(f"policy_threads must be a positive int or None, got {policy_threads!r}")
+    latent = _check_latent(latent, env.num_tasks, env.episodes_per_task)
     previous_threads = torch.get_num_threads()
     if policy_threads is not None:
         torch.set_num_threads(policy_threads)
     try:
-        return _sample(env, policy, dict(params), tasks, generator, horizon)
+        return _sample(env, policy, dict(params), tasks, generator, horizon, latent)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _reset_seeds(generator: torch.Generator | tuple[torch.Generator, ...], num_envs: int,
+                 num_episodes: int) -> Tensor:
+    """One reset seed per environment, task-major; with per-task generators, task i's from generator i."""
+    if isinstance(generator, torch.Generator):
+        return torch.randint(0, 2**31 - 1, (num_envs,), generator=generator)
+    return torch.cat([torch.randint(0, 2**31 - 1, (num_episodes,), generator=g) for g in generator])
+
+
+def _sample_actions(policy: nn.Module, dist: Any, generator: torch.Generator | tuple[torch.Generator, ...]) -> Tensor:
+    """``policy.sample`` on `(task, episode, ...)` distributions; per task with per-task generators."""
+    if isinstance(generator, torch.Generator):
+        return policy.sample(dist, generator=generator)
+    return torch.stack([policy.sample(tree_map(lambda x, i=i: x[i], dist), generator=g)
+                        for i, g in enumerate(generator)])
+
+
+def _check_latent(latent: Tensor | None, num_tasks: int, num_episodes: int) -> Tensor | None:
+    """`latent` as `(task, episode, dim)`, detached, or None; clear errors for anything else."""
+    if latent is None:
+        return None
+    if not isinstance(latent, Tensor) or not latent.is_floating_point():
+        kind = latent.dtype if isinstance(latent, Tensor) else type(latent).__name__
+        raise TypeError(f"latent must be a floating point tensor, got {kind}")
+    if latent.dim() == 2 and latent.shape[0] == num_tasks:
+        latent = latent.unsqueeze(1).expand(num_tasks, num_episodes, latent.shape[1])
+    if latent.dim() != 3 or tuple(latent.shape[:2]) != (num_tasks, num_episodes) or latent.shape[2] == 0:
+        raise ValueError(
+            f"latent has shape {tuple(latent.shape)}; expected (task, dim) = ({num_tasks}, dim) or "
+            f"(task, episode, dim) = ({num_tasks}, {num_episodes}, dim) for an env of {num_tasks} tasks x "
+            f"{num_episodes} episodes"
+        )
+    if not bool(torch.isfinite(latent).all()):
+        raise ValueError("latent has non-finite entries")
+    return latent.detach()
 
 
 def _sample(
@@ -201,8 +329,9 @@ def _sample(
     policy: nn.Module,
     params: dict[str, Tensor],
     tasks: tuple[Any, ...],
-    generator: torch.Generator,
+    generator: torch.Generator | tuple[torch.Generator, ...],
     horizon: int,
+    latent: Tensor | None = None,
 ) -> EpisodeBatch:
     num_tasks, num_episodes = env.num_tasks, env.episodes_per_task
     num_envs, obs_dim, act_dim = env.num_envs, env.observation_dim, env.action_dim
@@ -217,7 +346,9 @@ def _sample(
             return functional_call(policy, params, (obs,))
 
     param_dtype = next(iter(params.values())).dtype  # observations are fed in this dtype
-    seeds = torch.randint(0, 2**31 - 1, (num_envs,), generator=generator).numpy()
+    if latent is not None:
+        latent = latent.to(param_dtype)
+    seeds = _reset_seeds(generator, num_envs, num_episodes).numpy()
     observations = np.zeros((num_envs, horizon, obs_dim), dtype=np.float32)
     final_observations = np.zeros((num_envs, obs_dim), dtype=np.float32)
     actions = np.zeros((num_envs, horizon, act_dim), dtype=np.float32)
@@ -235,8 +366,11 @@ def _sample(
         obs32 = obs.astype(np.float32)
         with torch.no_grad():
             policy_obs = torch.from_numpy(obs32).to(param_dtype)
-            dist = distribution(rearrange(policy_obs, "(task episode) obs -> task episode obs", task=num_tasks))
-            action = policy.sample(dist, generator=generator)
+            policy_obs = rearrange(policy_obs, "(task episode) obs -> task episode obs", task=num_tasks)
+            if latent is not None:
+                policy_obs = torch.cat([policy_obs, latent], dim=-1)
+            dist = distribution(policy_obs)
+            action = _sample_actions(policy, dist, generator)
             log_prob = policy.log_prob(dist, action)
         if tuple(action.shape) != (num_tasks, num_episodes, act_dim):
             raise ValueError(

@@ -284,3 +284,42 @@ def test_float64_policy(make_policy):
         horizon=3,
     )
     assert batch.observations.dtype == torch.float32 and torch.isfinite(batch.log_probs).all()
+
+
+def _generators(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("per_task_params", [False, True])
+def test_per_task_generators_make_each_tasks_episodes_independent_of_the_others(make_policy, per_task_params):
+    """Tasks 0..3 in one call equal tasks 0..1 and 2..3 in two calls (a 2-process split)."""
+    tasks = _tasks("Navigation2D", 4)
+    policy = make_policy(2, 2, log_std=-1.0)
+    shared = _params(policy)
+    params = {k: v + 0.01 * torch.arange(4.0).view(4, *[1] * (v.dim() - 1)) for k, v in _stacked(shared, 4).items()}
+
+    def run(rows):
+        env = make_batched("Navigation2D", num_tasks=len(rows), episodes_per_task=3)
+        p = {k: v[rows] for k, v in params.items()} if per_task_params else shared
+        return sample_episodes(env, policy, p, [tasks[i] for i in rows], generator=_generators([7 + i for i in rows]),
+                               horizon=15)
+
+    whole, first, second = run([0, 1, 2, 3]), run([0, 1]), run([2, 3])
+    for field in FIELDS:
+        joined = torch.cat([getattr(first, field), getattr(second, field)])
+        torch.testing.assert_close(getattr(whole, field), joined, msg=field, rtol=1e-5, atol=1e-6)
+    # and each task's noise is its own generator's: a different seed changes that task only
+    env = make_batched("Navigation2D", num_tasks=2, episodes_per_task=3)
+    a = sample_episodes(env, policy, shared, tasks[:2], generator=_generators([1, 2]), horizon=15)
+    b = sample_episodes(env, policy, shared, tasks[:2], generator=_generators([1, 3]), horizon=15)
+    assert torch.equal(a.actions[0], b.actions[0]) and not torch.equal(a.actions[1], b.actions[1])
+
+
+def test_per_task_generators_are_checked(make_policy):
+    env = make_batched("Navigation2D", num_tasks=2, episodes_per_task=1)
+    policy = make_policy(2, 2)
+    tasks = _tasks("Navigation2D", 2)
+    with pytest.raises(ValueError, match="got 3 generators for 2 tasks"):
+        sample_episodes(env, policy, _params(policy), tasks, generator=_generators([0, 1, 2]))
+    with pytest.raises(TypeError, match="sequence of one per task"):
+        sample_episodes(env, policy, _params(policy), tasks, generator=[torch.Generator(), 3])
