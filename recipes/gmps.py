@@ -10,7 +10,9 @@ current meta-parameters (vmapped over tasks). Optional: learned per-parameter in
 (Meta-SGD) and the bias-transformation input. The expert is only needed at meta-training time;
 at meta-test the policy adapts with its own episodes and rewards, exactly as ProMP's.
 
-Run ``python -m recipes.gmps --help`` for the options.
+Run ``python -m recipes.gmps --help`` for the options. Under ``torchrun`` every process samples,
+adapts and differentiates its share of each meta-batch and the outer gradients are averaged over
+all tasks (``metaops.distributed``); the run equals one process's up to float rounding.
 """
 
 from __future__ import annotations
@@ -237,16 +239,21 @@ def main(args: Args) -> dict[str, float]:
     validate(args)
     out = Path(args.out_dir)
     torch.set_num_threads(args.threads)
-    demos = training_demonstrations(args, out)
+    group = mo.distributed.init()  # under torchrun: the processes that share each meta-batch; else None
+    main_process = mo.distributed.is_main_process()
+    demos = mo.distributed.on_main_process(lambda: training_demonstrations(args, out), group=group)  # one collector
     horizon = args.horizon or demos.mask.shape[2]
     if args.meta_batch > len(demos.tasks):
         raise ValueError(f"meta_batch ({args.meta_batch}) exceeds the {len(demos.tasks)} training tasks of the "
                          "demonstrations")
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # task draws, reset seeds and action noise
-    env = envs.make_batched(args.env, num_tasks=args.meta_batch, episodes_per_task=args.episodes,
+    g = torch.Generator().manual_seed(args.seed)  # task draws and each task's sampling seed (same in every process)
+    mine = mo.distributed.task_slice(args.meta_batch, group)  # this process's share of every meta-batch
+    num_mine = len(range(args.meta_batch)[mine])
+    env = envs.make_batched(args.env, num_tasks=num_mine, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
     policy = make_policy(env, args)
+    mo.distributed.broadcast_params(policy, group=group)
     half_range = torch.as_tensor((env.action_high - env.action_low) / 2, dtype=torch.float32)
     lrs = None
     if args.learn_inner_lr:  # one rate per parameter entry, meta-learned with the initialisation
@@ -260,12 +267,17 @@ def main(args: Args) -> dict[str, float]:
 
     all_tasks_bc_loss = vmap(task_bc_loss, in_dims=(None, None, 0, 0, 0, 0))  # theta and rates shared
 
+    def mean_over_all_tasks(tree):  # this process's mean over its tasks -> the mean over all tasks of the batch
+        return mo.distributed.all_reduce_mean(tree, count=num_mine, group=group)
+
     # --- logging, checkpointing and exact resumption -------------------------------------------
     start, log_rows, env_steps = 0, 0, 0
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ckpt = load_run_checkpoint(ckpt_path, recipe="gmps", config=asdict(args), ignore=RUN_CONTROL,
-                                   iterations=args.iterations)
+    ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
+        lambda: load_run_checkpoint(ckpt_path, recipe="gmps", config=asdict(args), ignore=RUN_CONTROL,
+                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+        group=group)
+    if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])
         if lrs is not None:
             with torch.no_grad():
@@ -274,13 +286,17 @@ def main(args: Args) -> dict[str, float]:
         meta_opt.load_state_dict(ckpt["optimizer"])
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"]
-        print(f"resumed from {ckpt_path} at iteration {start}")
-    save_json(out / "config.json", asdict(args))
+        if main_process:
+            print(f"resumed from {ckpt_path} at iteration {start}")
+    if main_process:
+        save_json(out / "config.json", asdict(args))
     logger = RunLogger(out, fields=FIELDS, total=args.iterations, initial=start, rows=log_rows,
                        tensorboard=args.tensorboard, progress=args.progress, desc=f"gmps {args.env}",
-                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop
+                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop (silent in other processes)
 
     def checkpoint(iteration: int) -> None:
+        if not main_process:
+            return
         save_checkpoint(ckpt_path, {
             "recipe": "gmps", "config": asdict(args), "iteration": iteration, "policy": policy.state_dict(),
             "inner_lrs": None if lrs is None else {k: v.detach().clone() for k, v in lrs.items()},
@@ -293,19 +309,24 @@ def main(args: Args) -> dict[str, float]:
     for it in range(start, args.iterations):
         t0 = time.perf_counter()
         rows = torch.randperm(len(demos.tasks), generator=g)[: args.meta_batch]  # this iteration's training tasks
+        seeds = torch.randint(0, 2**62, (args.meta_batch,), generator=g)  # task i's episodes depend on seeds[i] only
+        rows, generators = rows[mine], [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]  # my share
         tasks = tuple(demos.tasks[i] for i in rows.tolist())
         theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
-        episodes = envs.sample_episodes(env, policy, theta, tasks, generator=g, horizon=horizon)
+        episodes = envs.sample_episodes(env, policy, theta, tasks, generator=generators, horizon=horizon)
         batch = process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda)
         demo = (demos.observations[rows], demos.actions[rows], demos.mask[rows])
-        env_steps += int(episodes.mask.sum())
         t1 = time.perf_counter()
 
         # outer steps: Adam on theta (and the rates), each re-computing every task's adaptation
+        meta_params = [*policy.parameters(), *(lrs or {}).values()]
         for step in range(args.outer_steps):
             loss = all_tasks_bc_loss(mo.nn.named_params(policy), lrs, batch, *demo).mean()
-            meta_opt.zero_grad()
-            loss.backward()
+            grads = torch.autograd.grad(loss, meta_params, allow_unused=True)  # None: unused (log-std at its floor)
+            grads = {i: grad for i, grad in enumerate(grads) if grad is not None}
+            loss, grads = mean_over_all_tasks((loss.detach(), grads))  # one all_reduce (none in one process)
+            for i, grad in grads.items():
+                meta_params[i].grad = grad
             meta_opt.step()
             if step == 0:
                 bc_before = loss.item()
@@ -315,22 +336,28 @@ def main(args: Args) -> dict[str, float]:
             adapted = vmap(lambda b: mo.inner.adapt(loss_fn, theta, b, make_inner_optimizer(frozen_lrs, args.inner_lr),
                                                     steps=1))(batch)  # once, for both statistics
             bc_after = vmap(lambda p, o, a, m: behaviour_cloning_loss(policy, p, o, a, m, half_range))(
-                adapted, *demo).mean().item()
+                adapted, *demo).mean()
             inner_kl = vmap(lambda p, o, m: rl.mean_kl(policy, theta, p, o, mask=m))(adapted, batch[0], batch[3])
             std = (policy(batch[0][0, 0, :1])[1].exp() / half_range).mean().item()
         t2 = time.perf_counter()
 
-        pre_return = episodes.returns.mean().item()
+        bc_after, inner_kl, pre_return, expert_return, steps_per_task = (x.item() for x in mean_over_all_tasks((
+            bc_after, inner_kl.mean(), episodes.returns.mean(), demos.returns[rows].mean(),
+            episodes.mask.sum().double() / num_mine)))
+        env_steps += round(steps_per_task * args.meta_batch)
         lr_mean = args.inner_lr if lrs is None else torch.cat([v.flatten() for v in lrs.values()]).mean().item()
         logger.log(it + 1, {
-            "return/pre": pre_return, "return/expert": demos.returns[rows].mean().item(), "bc/before": bc_before,
-            "bc/after": bc_after, "inner/kl": inner_kl.mean().item(),
+            "return/pre": pre_return, "return/expert": expert_return, "bc/before": bc_before,
+            "bc/after": bc_after, "inner/kl": inner_kl,
             "inner/lr_mean": lr_mean,
             "policy/std": std, "env_steps": env_steps, "time/sample_s": t1 - t0, "time/outer_s": t2 - t1,
         })
         logger.advance(1, pre=pre_return, bc=bc_after)
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
+        stop = mo.distributed.any_process(logger.interrupted, group=group)  # all processes stop together
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or stop:
             checkpoint(it + 1)
+            if stop:
+                logger.request_stop()
             logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
     logger.close()  # also gives Ctrl-C back: it stops the evaluation below at once
     train_seconds = time.perf_counter() - train_start
@@ -348,6 +375,8 @@ def main(args: Args) -> dict[str, float]:
         "expert_env_steps": float(demos.env_steps),
         "expert_seconds": demos.seconds,
     }
+    if not main_process:  # another process of a distributed run: the same training, no files, no evaluation
+        return metrics
     plot_learning_curve(out / "learning_curve.png", {"behaviour cloning loss after adaptation":
                         (history["env_steps"], history["bc/after"])}, title=f"GMPS, {args.env}",
                         xlabel="environment steps (meta-training)", ylabel="imitation loss", log_y=True)

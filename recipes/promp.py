@@ -9,7 +9,9 @@ between the policies that sampled the pre-update episodes and the current ones (
 adaptive coefficient), each step recomputing the adaptation of every task from the current
 meta-parameters (vmapped over tasks).
 
-Run ``python -m recipes.promp --help`` for the options.
+Run ``python -m recipes.promp --help`` for the options. Under ``torchrun`` every process samples,
+adapts and differentiates its share of each meta-batch and the outer gradients are averaged over
+all tasks (``metaops.distributed``); the run equals one process's up to float rounding.
 """
 
 from __future__ import annotations
@@ -204,18 +206,27 @@ def main(args: Args) -> dict[str, float]:
     out = Path(args.out_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise
+    g = torch.Generator().manual_seed(args.seed)  # the tasks and each task's sampling seed (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each meta-batch; else None
+    main_process = mo.distributed.is_main_process()
+    mine = mo.distributed.task_slice(args.meta_batch, group)  # this process's share of every meta-batch
+    num_mine = len(range(args.meta_batch)[mine])
     tasks_dist = envs.task_distribution(args.env)
-    env = envs.make_batched(args.env, num_tasks=args.meta_batch, episodes_per_task=args.episodes,
+    env = envs.make_batched(args.env, num_tasks=num_mine, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
     policy = make_policy(env, args.hidden, init_std=args.init_std, min_std=args.min_std)
+    mo.distributed.broadcast_params(policy, group=group)
     half_range = torch.as_tensor((env.action_high - env.action_low) / 2, dtype=torch.float32)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=args.outer_lr)
     kl_coeffs = torch.full((args.inner_steps,), args.kl_coeff, dtype=torch.float64)  # one per inner step
     loss_fn = make_inner_loss(policy)
 
-    def sample(params, tasks) -> envs.EpisodeBatch:
-        return envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=args.horizon)
+    def sample(params, tasks, generators) -> envs.EpisodeBatch:  # one generator per task: any split of the
+        return envs.sample_episodes(env, policy, params, tasks, generator=generators,  # tasks over processes
+                                    horizon=args.horizon)                              # samples the same episodes
+
+    def mean_over_all_tasks(tree):  # this process's mean over its tasks -> the mean over all tasks of the batch
+        return mo.distributed.all_reduce_mean(tree, count=num_mine, group=group)
 
     def inner_step(params, batch):  # one differentiable SGD step on the importance-weighted LVC loss
         return mo.inner.adapt(loss_fn, params, batch, mo.inner.sgd(args.inner_lr), steps=1)
@@ -241,7 +252,7 @@ def main(args: Args) -> dict[str, float]:
 
     all_tasks_terms = vmap(task_terms, in_dims=(None, 0, 0, 0, 0))  # theta shared, everything else per task
 
-    def outer_objective(theta, data, kl_coeffs):  # ProMP's meta-objective, to maximise
+    def outer_objective(theta, data, kl_coeffs):  # ProMP's meta-objective over this process's tasks, to maximise
         clipped, inner_kls, outer_kls = all_tasks_terms(theta, *data)
         inner_kl = inner_kls.mean(0)  # (K,): mean over tasks, per inner step
         objective = clipped.mean() - (kl_coeffs.to(inner_kl.dtype) * inner_kl).mean()
@@ -250,21 +261,27 @@ def main(args: Args) -> dict[str, float]:
     # --- logging, checkpointing and exact resumption -------------------------------------------
     start, log_rows, env_steps = 0, 0, 0
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ckpt = load_run_checkpoint(ckpt_path, recipe="promp", config=asdict(args), ignore=RUN_CONTROL,
-                                   iterations=args.iterations)
+    ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
+        lambda: load_run_checkpoint(ckpt_path, recipe="promp", config=asdict(args), ignore=RUN_CONTROL,
+                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+        group=group)
+    if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])
         meta_opt.load_state_dict(ckpt["optimizer"])
         kl_coeffs = ckpt["kl_coeffs"]
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"]
-        print(f"resumed from {ckpt_path} at iteration {start}")
-    save_json(out / "config.json", asdict(args))
+        if main_process:
+            print(f"resumed from {ckpt_path} at iteration {start}")
+    if main_process:
+        save_json(out / "config.json", asdict(args))
     logger = RunLogger(out, fields=FIELDS, total=args.iterations, initial=start, rows=log_rows,
                        tensorboard=args.tensorboard, progress=args.progress, desc=f"promp {args.env}",
-                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop
+                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop (silent in other processes)
 
     def checkpoint(iteration: int) -> None:
+        if not main_process:
+            return
         save_checkpoint(ckpt_path, {
             "recipe": "promp", "config": asdict(args), "iteration": iteration, "policy": policy.state_dict(),
             "optimizer": meta_opt.state_dict(), "kl_coeffs": kl_coeffs, "generator": g.get_state(),
@@ -276,13 +293,15 @@ def main(args: Args) -> dict[str, float]:
     for it in range(start, args.iterations):
         sample_s = adapt_s = 0.0
         theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
-        tasks = tasks_dist.sample_tasks(args.meta_batch, generator=g)
+        all_tasks = tasks_dist.sample_tasks(args.meta_batch, generator=g)
+        seeds = torch.randint(0, 2**62, (args.meta_batch,), generator=g)  # task i's episodes depend on seeds[i] only
+        tasks, generators = all_tasks[mine], [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]
 
         # 1. inner loop: sample with the current (adapted) policy, take a step, re-sample, ...
         params, pre, pre_old_dists, pre_returns = theta, [], [], None
         for k in range(args.inner_steps):
             t0 = time.perf_counter()
-            episodes = sample(params, tasks)
+            episodes = sample(params, tasks, generators)
             pre_returns = episodes.returns.mean() if pre_returns is None else pre_returns
             pre.append(process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda))
             t1 = time.perf_counter()
@@ -295,30 +314,39 @@ def main(args: Args) -> dict[str, float]:
 
         # 2. post-update episodes from the adapted policies, and their advantages
         t0 = time.perf_counter()
-        post_episodes = sample(params, tasks)
+        post_episodes = sample(params, tasks, generators)
         post = process_episodes(post_episodes, gamma=args.gamma, gae_lambda=args.gae_lambda)
         with torch.no_grad():
             post_old_dist = vmap(lambda p, o: functional_call(policy, p, (o,)))(params, post[0])
-        env_steps += int(sum(b[3].sum() for b in pre) + post[3].sum())
+        my_steps = sum(b[3].sum() for b in pre) + post[3].sum()
         sample_s += time.perf_counter() - t0
 
         # 3. outer steps: Adam on theta, each re-computing the adaptation from the current theta
         t0 = time.perf_counter()
         data = (pre, pre_old_dists, post, post_old_dist)
         for step in range(args.outer_steps):
-            objective, _, _ = outer_objective(mo.nn.named_params(policy), data, kl_coeffs)
+            theta = mo.nn.named_params(policy)
+            objective, _, _ = outer_objective(theta, data, kl_coeffs)
+            grads = dict(zip(theta, torch.autograd.grad(-objective, list(theta.values()), allow_unused=True)))
+            grads = {name: grad for name, grad in grads.items() if grad is not None}  # None: log-std at its floor
+            objective, grads = mean_over_all_tasks((objective.detach(), grads))  # one all_reduce (none alone)
             meta_opt.zero_grad()
-            (-objective).backward()
+            for name, grad in grads.items():
+                theta[name].grad = grad
             meta_opt.step()
             if step == 0:
                 objective_before = objective.item()
         with torch.no_grad():  # statistics at the updated theta (inner adaptation still differentiates)
-            objective_after, inner_kl, outer_kl = outer_objective(mo.nn.named_params(policy), data, kl_coeffs)
+            objective_after, inner_kl, outer_kl = mean_over_all_tasks(
+                outer_objective(mo.nn.named_params(policy), data, kl_coeffs))
         if args.kl_target > 0:
             kl_coeffs = adapt_kl_coeffs(kl_coeffs, inner_kl.double(), target=args.kl_target)
         outer_s = time.perf_counter() - t0
 
-        post_return = post_episodes.returns.mean().item()
+        pre_returns, post_return, steps_per_task = mean_over_all_tasks(
+            (pre_returns, post_episodes.returns.mean(), my_steps.double() / num_mine))
+        pre_returns, post_return = pre_returns.float(), post_return.item()
+        env_steps += round(steps_per_task.item() * args.meta_batch)
         with torch.no_grad():  # the std in action units (state-independent), as a fraction of the half-range
             std = (policy(post[0][0, 0, 0])[1].exp() / half_range).mean().item()
         logger.log(it + 1, {
@@ -329,8 +357,11 @@ def main(args: Args) -> dict[str, float]:
             "time/sample_s": sample_s, "time/adapt_s": adapt_s, "time/outer_s": outer_s,
         })
         logger.advance(1, pre=pre_returns.item(), post=post_return)
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
+        stop = mo.distributed.any_process(logger.interrupted, group=group)  # all processes stop together
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or stop:
             checkpoint(it + 1)
+            if stop:
+                logger.request_stop()
             logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
     logger.close()  # also gives Ctrl-C back: it stops the evaluation below at once
     train_seconds = time.perf_counter() - train_start
@@ -348,6 +379,8 @@ def main(args: Args) -> dict[str, float]:
         "train_seconds": train_seconds,
         "seconds_per_iteration_last10": mean(seconds[last]),
     }
+    if not main_process:  # another process of a distributed run: the same training, no files, no evaluation
+        return metrics
     plot_learning_curve(out / "learning_curve.png", {
         "pre-update (0 steps)": (history["env_steps"], history["return/pre"]),
         f"post-update ({args.inner_steps} step(s))": (history["env_steps"], history["return/post"]),

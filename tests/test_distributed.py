@@ -359,3 +359,83 @@ def test_every_sinusoid_recipe_on_two_processes_equals_one(tmp_path, recipes_on_
                 assert metrics[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     a, b = load_checkpoint(out / name / "checkpoint.pt"), load_checkpoint(tmp_path / "checkpoint.pt")
     assert_trees_close(a["model"], b["model"], rtol=1e-5, atol=1e-6)
+
+
+# ---- a meta-RL recipe (ProMP) under torchrun -------------------------------------------------------
+
+PROMP_TINY = dict(env="Navigation2D", meta_batch=3, episodes=2, horizon=12, hidden=(8,), outer_steps=2,
+                  checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)  # 3 tasks: shares 2 + 1
+
+
+def _promp_torchrun(out, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.promp", "--out-dir",
+           str(out), *_flags(**{**PROMP_TINY, **kw})]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _promp_run(out):
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    with open(out / "metrics.csv") as f:
+        header, *rows = [line.strip().split(",") for line in f]
+    keep = [i for i, name in enumerate(header) if not name.startswith("time/")]  # wall times differ
+    return ckpt, torch.tensor([[float(row[i]) for i in keep] for row in rows], dtype=torch.float64)
+
+
+def _assert_same_promp_run(a, b):
+    (ckpt_a, rows_a), (ckpt_b, rows_b) = a, b
+    assert ckpt_a["iteration"] == ckpt_b["iteration"] and ckpt_a["env_steps"] == ckpt_b["env_steps"]
+    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def promp_one_process(tmp_path_factory):
+    from recipes import promp
+
+    out = tmp_path_factory.mktemp("promp_one_process")
+    promp.main(promp.Args(out_dir=str(out), iterations=4, **PROMP_TINY))
+    return out
+
+
+def test_promp_under_torchrun_equals_one_process(tmp_path, promp_one_process):
+    """Each process samples, adapts and differentiates its share; gradients and statistics are averaged."""
+    _promp_torchrun(tmp_path, iterations=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in promp_one_process.iterdir())
+    _assert_same_promp_run(_promp_run(tmp_path), _promp_run(promp_one_process))
+
+
+def test_promp_resumes_with_another_number_of_processes(tmp_path, promp_one_process):
+    from recipes import promp
+
+    promp.main(promp.Args(out_dir=str(tmp_path), iterations=2, **PROMP_TINY))  # 1 process to iteration 2 ...
+    stdout = _promp_torchrun(tmp_path, iterations=4)  # ... then 2 processes to 4
+    assert stdout.count("resumed from") == 1
+    _assert_same_promp_run(_promp_run(tmp_path), _promp_run(promp_one_process))
+
+
+# ---- GMPS under torchrun (the scripted navigation expert's demonstrations, collected by rank 0) ------
+
+GMPS_TINY = dict(env="Navigation2D", train_tasks=4, demo_episodes=2, meta_batch=3, episodes=2, horizon=12,
+                 hidden=(8,), outer_steps=3, checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)
+
+
+def test_gmps_under_torchrun_equals_one_process(tmp_path):
+    from recipes import gmps
+
+    one = tmp_path / "one"
+    gmps.main(gmps.Args(out_dir=str(one), iterations=3, **GMPS_TINY))
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.gmps", "--out-dir", str(two),
+           "--iterations", "3", *_flags(**GMPS_TINY)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    (ckpt_a, rows_a), (ckpt_b, rows_b) = _promp_run(one), _promp_run(two)
+    assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
+    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
+    assert_trees_close(ckpt_a["inner_lrs"], ckpt_b["inner_lrs"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)

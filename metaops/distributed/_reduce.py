@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as _functional_collectives  # the traceable all_reduce
 from torch import Tensor, nn
 
-from metaops.distributed._setup import ProcessGroup, rank, world_size
+from metaops.distributed._setup import ProcessGroup, is_main_process, rank, world_size
 from metaops.tree import tree_flatten, tree_unflatten
 from metaops.typing import PyTree
 
-__all__ = ["all_reduce_mean", "broadcast_params", "flat_all_reduce_sum", "broadcast_object"]
+__all__ = ["all_reduce_mean", "any_process", "broadcast_params", "flat_all_reduce_sum", "broadcast_object",
+           "on_main_process"]
 
 
 def flat_all_reduce_sum(tensors: list[Tensor], group: ProcessGroup) -> list[Tensor]:
@@ -97,6 +99,71 @@ def broadcast_object(obj: Any, group: ProcessGroup | None, *, src: int = 0) -> A
     box = [obj if rank(group) == src else None]
     dist.broadcast_object_list(box, src=dist.get_global_rank(group, src), group=group)
     return box[0]
+
+
+T = TypeVar("T")
+
+
+def on_main_process(fn: Callable[[], T], *, group: ProcessGroup | None = None) -> T:
+    """``fn()`` evaluated by the main process only; its result, or the error it raised, on every process.
+
+    For what one process should do for all, such as reading a checkpoint that exists only on
+    the main process's disk: every process receives the same (pickled) result, or raises the
+    same exception, instead of some processes waiting forever for one that failed. Keep the
+    result small (a checkpoint's state dicts are fine; it travels once).
+
+    Every process of ``group`` must call it.
+
+    Args:
+        fn: A function of no arguments.
+        group: The process group, or ``None`` (one process: ``fn()``).
+
+    Returns:
+        The main process's ``fn()``.
+
+    Raises:
+        Exception: Whatever ``fn`` raised on the main process, on every process.
+
+    Examples:
+        >>> on_main_process(lambda: {"iteration": 3})     # one process: just fn()
+        {'iteration': 3}
+    """
+    if group is None:
+        return fn()
+    result, error = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised on every process below
+            error = e
+    result, error = broadcast_object((result, error), group)
+    if error is not None:
+        raise error
+    return result  # type: ignore[return-value]
+
+
+def any_process(flag: bool, *, group: ProcessGroup | None = None) -> bool:
+    """Whether ``flag`` is true on any process of ``group`` (one small ``all_reduce``).
+
+    The processes of a distributed run agree with it on a decision one of them made alone,
+    for instance to stop after Ctrl-C reached only some of them, so that all stop at the same
+    iteration. Every process of ``group`` must call it.
+
+    Args:
+        flag: This process's flag.
+        group: The process group, or ``None`` (one process: ``flag``).
+
+    Returns:
+        ``True`` on every process if any process passed ``True``.
+
+    Examples:
+        >>> any_process(False), any_process(True)
+        (False, True)
+    """
+    if group is None:
+        return bool(flag)
+    (count,) = flat_all_reduce_sum([torch.tensor([float(flag)])], group)
+    return bool(count.item() > 0)
 
 
 def broadcast_params(module_or_params: nn.Module | PyTree, *, group: ProcessGroup | None = None,

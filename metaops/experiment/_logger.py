@@ -231,8 +231,13 @@ class RunLogger:
         """Whether Ctrl-C was pressed (``defer_interrupt=True`` only): time to checkpoint and stop."""
         return self._interrupt is not None and self._interrupt.requested
 
-    def _request_stop(self) -> None:
-        """Acts as if Ctrl-C was pressed here (another process of the run received it; private)."""
+    def request_stop(self) -> None:
+        """Acts as if Ctrl-C was pressed here: [interrupted][metaops.experiment.RunLogger.interrupted] becomes true.
+
+        For a distributed run in which Ctrl-C reached only some processes: once they agree
+        (e.g. with [metaops.distributed.any_process][]), every process calls it, checkpoints and
+        stops at the same iteration. Without ``defer_interrupt`` it does nothing.
+        """
         if self._interrupt is not None:
             self._interrupt.requested = True
 

@@ -13,8 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from metaops.distributed import is_initialized, is_main_process
-from metaops.distributed._reduce import broadcast_object, flat_all_reduce_sum
+from metaops.distributed import any_process, is_initialized, is_main_process, on_main_process
 from metaops.experiment._checkpoint import load_run_checkpoint, save_checkpoint
 from metaops.experiment._config import check_positive
 from metaops.experiment._logger import RunLogger, save_json
@@ -223,7 +222,7 @@ def meta_train(
         return load_run_checkpoint(ckpt_path, recipe=recipe, config=config, ignore=args.run_control,
                                    iterations=args.iterations)
 
-    ckpt = _on_main_process(read_checkpoint, group)  # one reader; every process gets the full state
+    ckpt = on_main_process(read_checkpoint, group=group)  # one reader; every process gets the full state
     if ckpt is not None:
         for name, obj in state.items():
             if isinstance(obj, torch.Generator):
@@ -272,11 +271,11 @@ def meta_train(
                 stop = logger.interrupted
             else:  # the processes agree, at log rows and checkpoints, so that they stop at the same iteration
                 agree = scheduled or (it + 1) % args.log_every == 0
-                stop = agree and _any_process(logger.interrupted, group)
+                stop = agree and any_process(logger.interrupted, group=group)
             if scheduled or stop:
                 checkpoint(it + 1)
                 if stop:
-                    logger._request_stop()
+                    logger.request_stop()
                     logger.stop_if_interrupted(it + 1)  # "interrupted: checkpoint at iteration N"
                 logger._checkpointed(it + 1)
         if window:  # the iterations after the last full window (all of a run shorter than one): logged after
@@ -284,30 +283,8 @@ def meta_train(
             logger.log(args.iterations, row(args.iterations))
     train_seconds = time.perf_counter() - train_start
 
-    history = _on_main_process(logger.history, group)
+    history = on_main_process(logger.history, group=group)
     metrics = {f"final_{loss_name}": last_finite(history[loss_field]), "train_seconds": train_seconds}
     if compiled is not None:
         metrics["compile_seconds"] = compiled.compile_seconds if compiled.compile_seconds is not None else math.nan
     return history, metrics
-
-
-def _on_main_process(fn: Callable[[], Any], group: dist.ProcessGroup | None) -> Any:
-    """``fn()`` evaluated by the main process only; its result, or its error, on every process."""
-    if group is None:
-        return fn()
-    result, error = None, None
-    if is_main_process():
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001 - re-raised on every process below
-            error = e
-    result, error = broadcast_object((result, error), group)
-    if error is not None:
-        raise error
-    return result
-
-
-def _any_process(flag: bool, group: dist.ProcessGroup) -> bool:
-    """Whether ``flag`` is set on any process of ``group`` (one small all_reduce)."""
-    (count,) = flat_all_reduce_sum([torch.tensor([float(flag)])], group)
-    return bool(count.item() > 0)
