@@ -246,17 +246,34 @@ def main(args: Args) -> dict[str, float]:
     meta_batch = args.meta_batch or (20 if args.env == "Navigation2D" else 40)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise
+    g = torch.Generator().manual_seed(args.seed)  # the tasks and each task's sampling seed (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each meta-batch; else None
+    main_process = mo.distributed.is_main_process()
+    mine = mo.distributed.task_slice(meta_batch, group)  # this process's share of every meta-batch
+    num_mine = len(range(meta_batch)[mine])
     tasks_dist = envs.task_distribution(env_name)
-    env = envs.make_batched(env_name, num_tasks=meta_batch, episodes_per_task=args.episodes,
+    env = envs.make_batched(env_name, num_tasks=num_mine, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
     horizon = args.horizon or env.horizon
     policy = make_policy(env, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std)
+    mo.distributed.broadcast_params(policy, group=group)
     loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
     check_step = make_step_check(policy, args)
 
-    def sample(params, tasks) -> envs.EpisodeBatch:
-        return envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=horizon)
+    def sample(params, tasks, generators) -> envs.EpisodeBatch:  # one generator per task: any split of the
+        return envs.sample_episodes(env, policy, params, tasks, generator=generators,  # tasks over processes
+                                    horizon=horizon)                                   # samples the same episodes
+
+    def mean_over_all_tasks(tree):  # this process's mean over its tasks -> the mean over all tasks of the batch
+        return mo.distributed.all_reduce_mean(tree, count=num_mine, group=group)
+
+    def all_tasks(values: Tensor) -> Tensor:  # this process's per-task values -> every task's, `(meta_batch, ...)`
+        return mo.distributed.gather_tasks(values, meta_batch, group)
+
+    # TRPO's Fisher subsample: the first m tasks of the batch (tasks are i.i.d.), of which this process has c
+    num_fisher = max(1, round(args.fisher_subsample * meta_batch))
+    my_fisher = slice(0, max(0, min(mine.stop, num_fisher) - mine.start))
+    num_my_fisher = my_fisher.stop
 
     # --- the inner loop: theta -> per-task adapted params, differentiable in theta --------------
     def adapt_task(params, batches):  # batches[k]: this task's data sampled with the k-step-adapted policy
@@ -274,19 +291,25 @@ def main(args: Args) -> dict[str, float]:
     # --- logging, checkpointing and exact resumption -------------------------------------------
     start, log_rows, env_steps = 0, 0, 0
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ckpt = load_run_checkpoint(ckpt_path, recipe="maml_trpo", config=asdict(args), ignore=RUN_CONTROL,
-                                   iterations=args.iterations)
+    ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
+        lambda: load_run_checkpoint(ckpt_path, recipe="maml_trpo", config=asdict(args), ignore=RUN_CONTROL,
+                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+        group=group)
+    if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"]
-        print(f"resumed from {ckpt_path} at iteration {start}")
-    save_json(out / "config.json", asdict(args))
+        if main_process:
+            print(f"resumed from {ckpt_path} at iteration {start}")
+    if main_process:
+        save_json(out / "config.json", asdict(args))
     logger = RunLogger(out, fields=FIELDS, total=args.iterations, initial=start, rows=log_rows,
                        tensorboard=args.tensorboard, progress=args.progress, desc=f"maml_trpo {args.env}",
-                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop
+                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop (silent in other processes)
 
     def checkpoint(iteration: int) -> None:
+        if not main_process:
+            return
         save_checkpoint(ckpt_path, {
             "recipe": "maml_trpo", "config": asdict(args), "iteration": iteration, "policy": policy.state_dict(),
             "generator": g.get_state(), "log_rows": logger.rows, "env_steps": env_steps,
@@ -297,24 +320,27 @@ def main(args: Args) -> dict[str, float]:
     for it in range(start, args.iterations):
         t0 = time.perf_counter()
         theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
-        tasks = tasks_dist.sample_tasks(meta_batch, generator=g)
+        batch_tasks = tasks_dist.sample_tasks(meta_batch, generator=g)
+        seeds = torch.randint(0, 2**62, (meta_batch,), generator=g)  # task i's episodes depend on seeds[i] only
+        tasks, generators = batch_tasks[mine], [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]
 
         # 1. inner loop: sample with the current (adapted) policy, take a step, re-sample, ...
         params, batches, pre_returns, inner = theta, [], None, []
         for _ in range(args.inner_steps):
-            episodes = sample(params, tasks)
-            pre_returns = episodes.returns.mean() if pre_returns is None else pre_returns
+            episodes = sample(params, tasks, generators)
+            pre_returns = all_tasks(episodes.returns.mean(1)).mean() if pre_returns is None else pre_returns
             batches.append(process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda))
             params, before = mo.tree.stop_gradient(adapt_fn(theta, batches)), params
             inner.append(check_step(before, params, batches[-1]))  # warns on a runaway step
         adapted = params  # per-task, leading task dim
 
         # 2. post-update episodes from the adapted policies, and their advantages
-        post = sample(adapted, tasks)
+        post = sample(adapted, tasks, generators)
         post_obs, post_actions, post_adv, post_mask = process_episodes(post, gamma=args.gamma,
                                                                        gae_lambda=args.gae_lambda)
         old_log_probs = per_task_log_probs(policy, adapted, post_obs, post_actions)
-        env_steps += int(sum(b[3].sum() for b in batches) + post_mask.sum())
+        steps_per_task = sum(b[3].sum((-2, -1)) for b in batches) + post_mask.sum((-2, -1))
+        env_steps += int(all_tasks(steps_per_task.double()).sum().round())
         t1 = time.perf_counter()
 
         # 3. outer TRPO step on theta, through the inner step(s)
@@ -329,18 +355,21 @@ def main(args: Args) -> dict[str, float]:
                 take(adapted), adapt_all(theta, take(batches)), post_obs[tasks], post_mask[tasks])
             return kl.mean()
 
-        subsample = slice(0, max(1, round(args.fisher_subsample * meta_batch)))  # tasks are i.i.d.: the first m
-        new_theta, info = rl.trpo_step(surrogate_fn, kl_fn, theta, max_kl=args.max_kl, damping=args.cg_damping,
-                                       cg_steps=args.cg_steps, backtrack_ratio=args.backtrack_ratio,
-                                       max_backtracks=args.max_backtracks,
-                                       fisher_kl_fn=None if args.fisher_subsample == 1 else
-                                       lambda theta: kl_fn(theta, subsample))
+        def fisher_kl_fn(theta):  # the KL on this process's part of the Fisher subsample (0 * theta without one)
+            return kl_fn(theta, my_fisher) if num_my_fisher else sum(0 * p.sum() for p in theta.values())
+
+        new_theta, info = rl.trpo_step(  # every gradient, Fisher product and line-search value averaged over all tasks
+            surrogate_fn, kl_fn, theta, max_kl=args.max_kl, damping=args.cg_damping, cg_steps=args.cg_steps,
+            backtrack_ratio=args.backtrack_ratio, max_backtracks=args.max_backtracks,
+            fisher_kl_fn=None if args.fisher_subsample == 1 else fisher_kl_fn, reduce=mean_over_all_tasks,
+            fisher_reduce=lambda tree: mo.distributed.all_reduce_mean(tree, count=num_my_fisher, group=group))
         with torch.no_grad():
             for name, p in policy.named_parameters():
                 p.copy_(new_theta[name])
         t2 = time.perf_counter()
 
-        post_return = post.returns.mean().item()
+        post_return = all_tasks(post.returns.mean(1)).mean().item()
+        inner = [{k: all_tasks(v) for k, v in d.items()} for d in inner]  # every task's step statistics
         logger.log(it + 1, {
             "return/pre": pre_returns.item(), "return/post": post_return, "trpo/surrogate": info.surrogate_before,
             "trpo/improvement": info.improvement, "trpo/kl": info.kl, "trpo/backtracks": info.backtracks,
@@ -355,8 +384,11 @@ def main(args: Args) -> dict[str, float]:
         if args.compile and it == start + 1:
             logger.write(f"compile_meta_step: compiled={adapt_fn.compiled}, took {adapt_fn.compile_seconds} s"
                          + ("" if adapt_fn.compiled else f" (eager fallback: {adapt_fn.fallback_reason})"))
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
+        stop = mo.distributed.any_process(logger.interrupted, group=group)  # all processes stop together
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or stop:
             checkpoint(it + 1)
+            if stop:
+                logger.request_stop()
             logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
     logger.close()  # also gives Ctrl-C back: it stops the evaluation below at once
     train_seconds = time.perf_counter() - train_start
@@ -372,6 +404,8 @@ def main(args: Args) -> dict[str, float]:
     }
     if args.compile and isinstance(adapt_fn, mo.CompiledMetaStep):
         metrics["compile_seconds"] = adapt_fn.compile_seconds if adapt_fn.compile_seconds is not None else float("nan")
+    if not main_process:  # another process of a distributed run: the same training, no files, no evaluation
+        return metrics
     plot_learning_curve(out / "learning_curve.png", {
         "pre-update (0 steps)": (history["step"], history["return/pre"]),
         f"post-update ({args.inner_steps} step(s))": (history["step"], history["return/post"]),

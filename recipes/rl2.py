@@ -145,7 +145,7 @@ def make_policy(env: envs.BatchedEnv, hidden: int, *, init_std: float = 0.1,
                                 action_bounds=(env.action_low, env.action_high), normalized_bound=bound)
 
 
-def advantages_of(batch: envs.TrialBatch, *, gamma: float, gae_lambda: float) -> Tensor:
+def advantages_of(inputs: Tensor, rewards: Tensor, mask: Tensor, *, gamma: float, gae_lambda: float) -> Tensor:
     """GAE over whole trials on one linear feature baseline of the policy inputs, normalised over the batch.
 
     Each trial is one row `1...1 0...0` of the `(task, trial, time)` batch, so the discount and
@@ -155,9 +155,9 @@ def advantages_of(batch: envs.TrialBatch, *, gamma: float, gae_lambda: float) ->
     few trials would be nearly in-sample interpolation of their returns).
     """
     flat = lambda x: x.reshape(1, -1, *x.shape[2:])  # every trial of every task in one group
-    advantages = rl.linear_baseline_advantages(flat(batch.inputs), flat(batch.rewards), mask=flat(batch.mask),
-                                               gamma=gamma, gae_lambda=gae_lambda)
-    return advantages.reshape(batch.rewards.shape)
+    advantages = rl.linear_baseline_advantages(flat(inputs), flat(rewards), mask=flat(mask), gamma=gamma,
+                                               gae_lambda=gae_lambda)
+    return advantages.reshape(rewards.shape)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -170,11 +170,16 @@ def main(args: Args) -> dict[str, float]:
     out = Path(args.out_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise
+    g = torch.Generator().manual_seed(args.seed)  # the tasks and each task's sampling seed (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each batch of tasks; else None
+    main_process = mo.distributed.is_main_process()
+    mine = mo.distributed.task_slice(args.meta_batch, group)  # this process's share of every batch
+    num_mine = len(range(args.meta_batch)[mine])
     tasks_dist = envs.task_distribution(args.env)
-    env = envs.make_batched(args.env, num_tasks=args.meta_batch, episodes_per_task=args.trials,
+    env = envs.make_batched(args.env, num_tasks=num_mine, episodes_per_task=args.trials,
                             num_threads=args.physics_threads)
     policy = make_policy(env, args.hidden, init_std=args.init_std, min_std=args.min_std)
+    mo.distributed.broadcast_params(policy, group=group)
     half_range = torch.as_tensor((env.action_high - env.action_low) / 2, dtype=torch.float32)
     optimizer = torch.optim.Adam(policy.parameters(), lr=args.lr)
     E = args.episodes_per_trial
@@ -190,20 +195,26 @@ def main(args: Args) -> dict[str, float]:
     # --- logging, checkpointing and exact resumption -------------------------------------------
     start, log_rows, env_steps = 0, 0, 0
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ckpt = load_run_checkpoint(ckpt_path, recipe="rl2", config=asdict(args), ignore=RUN_CONTROL,
-                                   iterations=args.iterations)
+    ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
+        lambda: load_run_checkpoint(ckpt_path, recipe="rl2", config=asdict(args), ignore=RUN_CONTROL,
+                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+        group=group)
+    if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])
         optimizer.load_state_dict(ckpt["optimizer"])
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"]
-        print(f"resumed from {ckpt_path} at iteration {start}")
-    save_json(out / "config.json", asdict(args))
+        if main_process:
+            print(f"resumed from {ckpt_path} at iteration {start}")
+    if main_process:
+        save_json(out / "config.json", asdict(args))
     logger = RunLogger(out, fields=fields(E), total=args.iterations, initial=start, rows=log_rows,
                        tensorboard=args.tensorboard, progress=args.progress, desc=f"rl2 {args.env}",
-                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop
+                       defer_interrupt=True)  # Ctrl-C: checkpoint, then stop (silent in other processes)
 
     def checkpoint(iteration: int) -> None:
+        if not main_process:
+            return
         save_checkpoint(ckpt_path, {
             "recipe": "rl2", "config": asdict(args), "iteration": iteration, "policy": policy.state_dict(),
             "optimizer": optimizer.state_dict(), "generator": g.get_state(), "log_rows": logger.rows,
@@ -216,18 +227,28 @@ def main(args: Args) -> dict[str, float]:
         # 1. trials of E consecutive episodes per task, one carry per trial
         t0 = time.perf_counter()
         tasks = tasks_dist.sample_tasks(args.meta_batch, generator=g)
-        batch = envs.sample_trials(env, policy, mo.tree.stop_gradient(mo.nn.named_params(policy)), tasks,
-                                   episodes_per_trial=E, generator=g, horizon=args.horizon)
-        advantages = advantages_of(batch, gamma=args.gamma, gae_lambda=args.gae_lambda)
-        env_steps += int(batch.mask.sum())
+        seeds = torch.randint(0, 2**62, (args.meta_batch,), generator=g)  # task i's trials depend on seeds[i] only
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]
+        batch = envs.sample_trials(env, policy, mo.tree.stop_gradient(mo.nn.named_params(policy)), tasks[mine],
+                                   episodes_per_trial=E, generator=generators, horizon=args.horizon)
+        # the baseline is fitted on every task's trials (gathered from all processes), then each keeps its own
+        whole = mo.distributed.gather_tasks((batch.inputs, batch.rewards, batch.mask), args.meta_batch, group)
+        advantages = advantages_of(*whole, gamma=args.gamma, gae_lambda=args.gae_lambda)[mine]
+        my_steps = batch.mask.sum()  # the PPO terms are means over this process's real steps
+        env_steps += int(whole[2].sum())
         sample_s = time.perf_counter() - t0
 
         # 2. PPO epochs over whole trials (one minibatch), the GRU re-run from the initial carry each time
         t0 = time.perf_counter()
+        params = list(policy.parameters())
         for epoch in range(args.epochs):
             clipped, entropy, _ = ppo_terms(batch, advantages)
-            optimizer.zero_grad()
-            (-(clipped + args.entropy_coeff * entropy)).backward()
+            grads = torch.autograd.grad(-(clipped + args.entropy_coeff * entropy), params)
+            # the mean over all processes' real steps: one all_reduce (none in one process)
+            clipped, grads = mo.distributed.all_reduce_mean((clipped.detach(), grads), count=int(my_steps),
+                                                            group=group)
+            for param, grad in zip(params, grads):
+                param.grad = grad
             if args.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(policy.parameters(), args.max_grad_norm)
             optimizer.step()
@@ -238,10 +259,13 @@ def main(args: Args) -> dict[str, float]:
             log_ratio = log_probs - batch.log_probs
             approx_kl = masked_mean(torch.where(batch.mask > 0, -log_ratio, 0.0), batch.mask)
             clip_fraction = masked_mean(((log_ratio.exp() - 1).abs() > args.clip).float(), batch.mask)
+            objective_after, entropy, approx_kl, clip_fraction = mo.distributed.all_reduce_mean(
+                (objective_after, entropy, approx_kl, clip_fraction), count=int(my_steps), group=group)
             std = (policy(batch.inputs[0, 0, :1], policy.initial_carry((1,)))[0][1].exp() / half_range).mean()
         update_s = time.perf_counter() - t0
 
-        returns = batch.returns.mean((0, 1))  # (E,): mean return of episode k of a trial
+        returns = mo.distributed.all_reduce_mean(batch.returns.mean((0, 1)), count=num_mine, group=group)  # (E,):
+        # the mean return of episode k of a trial, over all tasks
         logger.log(it + 1, {
             **{f"return/episode_{k + 1}": returns[k].item() for k in range(E)},
             "return/trial": returns.sum().item(), "gain/last_vs_first": (returns[-1] - returns[0]).item(),
@@ -251,8 +275,11 @@ def main(args: Args) -> dict[str, float]:
             "time/update_s": update_s,
         })
         logger.advance(1, first=returns[0].item(), last=returns[-1].item())
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
+        stop = mo.distributed.any_process(logger.interrupted, group=group)  # all processes stop together
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or stop:
             checkpoint(it + 1)
+            if stop:
+                logger.request_stop()
             logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
     logger.close()  # also gives Ctrl-C back: it stops the evaluation below at once
     env.close()
@@ -269,6 +296,8 @@ def main(args: Args) -> dict[str, float]:
         "train_seconds": train_seconds,
         "seconds_per_iteration_last10": mean(seconds[last]),
     }
+    if not main_process:  # another process of a distributed run: the same training, no files, no evaluation
+        return metrics
     plot_learning_curve(out / "learning_curve.png", {
         f"episode {k + 1} of a trial": (history["env_steps"], history[f"return/episode_{k + 1}"]) for k in range(E)
     }, title=f"RL², {args.env}", xlabel="environment steps", ylabel="mean episode return", log_y=False)

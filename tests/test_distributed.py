@@ -76,13 +76,15 @@ def _worker(rank, out_dir):
     try:
         results["slices"] = {n: mo.distributed.task_slice(n, group) for n in SIZES}
         results["shard"] = mo.distributed.shard_tasks(torch.arange(5.0)[:, None], group)
+        whole = {"x": torch.arange(10.0).reshape(5, 2) ** 0.5, "y": torch.arange(5, dtype=torch.float64)}
+        results["gather"] = mo.distributed.gather_tasks(mo.distributed.shard_tasks(whole, group), 5, group)
 
         # all_reduce_mean of per-rank means over uneven (and empty) shares
         for n in (1, 5):
             data = torch.arange(float(3 * n)).reshape(n, 3) ** 1.5
             mine = data[mo.distributed.task_slice(n, group)]
-            means = {"row": mine.mean(0), "all": mine.mean().reshape(1)} if len(mine) else \
-                {"row": torch.full((3,), math.nan), "all": torch.full((1,), math.nan)}
+            means = {"row": mine.mean(0), "all": mine.mean().reshape(1), "scalar": mine.mean()} if len(mine) else \
+                {"row": torch.full((3,), math.nan), "all": torch.full((1,), math.nan), "scalar": torch.tensor(math.nan)}
             results[f"mean_{n}"] = mo.distributed.all_reduce_mean(means, count=len(mine), group=group)
 
         # meta_value_and_grad on this rank's share == the whole batch in one process
@@ -167,6 +169,17 @@ def test_task_slice_splits_evenly_in_order_and_covers_every_task(two_ranks):
     assert torch.equal(torch.cat([result["shard"] for result in two_ranks]), torch.arange(5.0)[:, None])
 
 
+def test_gather_tasks_is_the_exact_inverse_of_shard_tasks(two_ranks):
+    whole = {"x": torch.arange(10.0).reshape(5, 2) ** 0.5, "y": torch.arange(5, dtype=torch.float64)}
+    for result in two_ranks:  # shares of 2 and 3 tasks, bit-identical on both ranks
+        assert torch.equal(result["gather"]["x"], whole["x"]) and torch.equal(result["gather"]["y"], whole["y"])
+
+
+def test_gather_tasks_checks_the_share():
+    with pytest.raises(ValueError, match="holds 4 of the 4 tasks"):
+        mo.distributed.gather_tasks(torch.zeros(3, 2), 4)
+
+
 def test_task_slice_without_group_is_everything():
     assert mo.distributed.task_slice(7) == slice(0, 7)
     with pytest.raises(ValueError, match="num_tasks"):
@@ -176,9 +189,10 @@ def test_task_slice_without_group_is_everything():
 @pytest.mark.parametrize("n", [1, 5])
 def test_all_reduce_mean_of_uneven_shares_is_the_one_process_mean(two_ranks, n):
     data = torch.arange(float(3 * n)).reshape(n, 3) ** 1.5
-    want = {"row": data.mean(0), "all": data.mean().reshape(1)}
+    want = {"row": data.mean(0), "all": data.mean().reshape(1), "scalar": data.mean()}
     for result in two_ranks:  # n=1: rank 0's share is empty, its NaN placeholder is ignored
         assert_trees_close(result[f"mean_{n}"], want, rtol=1e-6, atol=1e-6)
+        assert result[f"mean_{n}"]["scalar"].shape == ()  # 0-dim leaves stay 0-dim
 
 
 def test_all_reduce_mean_without_group_returns_the_tree():
@@ -438,4 +452,58 @@ def test_gmps_under_torchrun_equals_one_process(tmp_path):
     assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
     assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
     assert_trees_close(ckpt_a["inner_lrs"], ckpt_b["inner_lrs"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)
+
+
+# ---- MAML-TRPO under torchrun: TRPO's gradient, Fisher products and line search reduced -------------
+
+# cg_damping 0.1: with the default 1e-5 the Fisher matrix of this tiny problem (96 states, 44 parameters) is so
+# ill-conditioned that conjugate gradient amplifies float32 rounding (of the sums, grouped differently over 2
+# processes) into a 2% different step; damped, the runs agree to 1e-6 (and the 1-process run is itself stable)
+TRPO_TINY = dict(env="Navigation2D", meta_batch=4, episodes=2, horizon=12, hidden=(8,), checkpoint_every=2,
+                 eval_tasks=0, progress=False, tensorboard=False, cg_damping=0.1)
+
+
+@pytest.mark.parametrize("fisher_subsample", [1.0, 0.5, 0.25])  # 0.25: 1 task, all on rank 0 (rank 1 has none)
+def test_maml_trpo_under_torchrun_equals_one_process(tmp_path, fisher_subsample):
+    from recipes import maml_trpo
+
+    config = dict(TRPO_TINY, fisher_subsample=fisher_subsample)
+    one = tmp_path / "one"
+    maml_trpo.main(maml_trpo.Args(out_dir=str(one), iterations=3, **config))
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.maml_trpo", "--out-dir",
+           str(two), "--iterations", "3", *_flags(**config)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    (ckpt_a, rows_a), (ckpt_b, rows_b) = _promp_run(one), _promp_run(two)
+    assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
+    # (CG still amplifies rounding a little: 1e-5 absolute, where a missing reduction differs by 1e-2 and more)
+    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(rows_a, rows_b, rtol=1e-3, atol=1e-5)
+
+
+# ---- RL² under torchrun: trials sampled per process, the baseline fitted on the gathered batch -----
+
+RL2_TINY = dict(env="Navigation2D", meta_batch=3, trials=2, episodes_per_trial=2, horizon=8, hidden=8, epochs=2,
+                max_grad_norm=0.5, checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)
+
+
+def test_rl2_under_torchrun_equals_one_process(tmp_path):
+    from recipes import rl2
+
+    one = tmp_path / "one"
+    rl2.main(rl2.Args(out_dir=str(one), iterations=3, **RL2_TINY))
+    two = tmp_path / "two"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.rl2", "--out-dir", str(two),
+           "--iterations", "3", *_flags(**RL2_TINY)]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    (ckpt_a, rows_a), (ckpt_b, rows_b) = _promp_run(one), _promp_run(two)
+    assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
+    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)

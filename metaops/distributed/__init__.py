@@ -11,7 +11,7 @@ flat ``all_reduce`` per step (``metaops.meta_value_and_grad(..., process_group=g
 
 from metaops.distributed._reduce import all_reduce_mean, any_process, broadcast_params, on_main_process
 from metaops.distributed._setup import init, is_initialized, is_main_process, rank, world_size
-from metaops.distributed._tasks import shard_tasks, task_slice
+from metaops.distributed._tasks import gather_tasks, shard_tasks, task_slice
 
 __all__ = [
     "init",
@@ -21,6 +21,7 @@ __all__ = [
     "world_size",
     "task_slice",
     "shard_tasks",
+    "gather_tasks",
     "all_reduce_mean",
     "broadcast_params",
     "on_main_process",

@@ -87,6 +87,7 @@ def all_reduce_mean(tree: PyTree, *, count: int, group: ProcessGroup | None = No
     reference = leaves[0] if leaves else torch.zeros(())
     counter = torch.tensor([float(count)], dtype=reference.dtype, device=reference.device)
     *sums, total = flat_all_reduce_sum([*weighted, counter], group)
+    total = total.reshape(())  # so that 0-dim leaves stay 0-dim
     if not torch.compiler.is_compiling() and total.item() == 0:
         raise ValueError("all_reduce_mean: every process passed count=0, so there is no mean")
     return tree_unflatten([s / total for s in sums], spec)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from metaops.distributed._reduce import flat_all_reduce_sum
 from metaops.distributed._setup import ProcessGroup, rank, world_size
-from metaops.tree import tree_index, tree_leaves
+from metaops.tree import tree_flatten, tree_index, tree_leaves, tree_unflatten
 from metaops.typing import PyTree
 
-__all__ = ["task_slice", "shard_tasks"]
+__all__ = ["task_slice", "shard_tasks", "gather_tasks"]
 
 
 def task_slice(num_tasks: int, group: ProcessGroup | None = None) -> slice:
@@ -63,3 +64,46 @@ def shard_tasks(tasks: PyTree, group: ProcessGroup | None = None) -> PyTree:
     if len(sizes) != 1:
         raise ValueError(f"shard_tasks: the leaves disagree on the number of tasks: {sorted(sizes)}")
     return tree_index(tasks, task_slice(sizes.pop(), group))
+
+
+def gather_tasks(shares: PyTree, num_tasks: int, group: ProcessGroup | None = None) -> PyTree:
+    """The whole task batch on every process, from each process's share (the inverse of ``shard_tasks``).
+
+    For what needs every task's values: statistics over the batch (a maximum, a median), or a
+    fit over all tasks (a shared baseline). Each leaf, with this process's tasks first, is
+    placed at its rows ([metaops.distributed.task_slice][]) of a zero tensor of ``num_tasks``
+    rows, and the tensors are summed over the processes in one flat ``all_reduce`` per dtype:
+    adding zeros is exact, so every process receives bit-identical copies of every share.
+    Floating leaves only; gradients do not flow through it.
+
+    Every process of ``group`` must call it with the same structure and trailing shapes.
+
+    Args:
+        shares: A pytree of floating tensors, each `(this process's tasks, ...)`.
+        num_tasks: The number of tasks $N$ in the whole batch.
+        group: The process group, or ``None`` (one process: ``shares`` unchanged).
+
+    Returns:
+        The same pytree with leaves `(num_tasks, ...)`, in task order.
+
+    Raises:
+        ValueError: If a leaf does not hold this process's share of ``num_tasks`` tasks.
+
+    Examples:
+        >>> gather_tasks({"returns": torch.arange(4.0)}, 4)   # one process holds every task
+        {'returns': tensor([0., 1., 2., 3.])}
+    """
+    mine = task_slice(num_tasks, group)
+    leaves, spec = tree_flatten(shares)
+    for i, leaf in enumerate(leaves):
+        if leaf.dim() == 0 or leaf.shape[0] != mine.stop - mine.start:
+            raise ValueError(f"gather_tasks: leaf {i} has shape {tuple(leaf.shape)}, but this process holds "
+                             f"{mine.stop - mine.start} of the {num_tasks} tasks (rows {mine.start}..{mine.stop - 1})")
+    if group is None:
+        return shares
+    full = []
+    for leaf in leaves:
+        padded = leaf.detach().new_zeros((num_tasks, *leaf.shape[1:]))
+        padded[mine] = leaf.detach()
+        full.append(padded)
+    return tree_unflatten(flat_all_reduce_sum(full, group), spec)

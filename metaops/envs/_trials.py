@@ -16,7 +16,7 @@ from metaops.tree import tree_map
 
 from ._batched import BatchedEnv, EnvError
 from ._policy import RecurrentPolicy
-from ._sampler import _per_task
+from ._sampler import _per_task, _reset_seeds, _sample_actions
 
 __all__ = ["TrialBatch", "sample_trials"]
 
@@ -114,7 +114,7 @@ def sample_trials(
     tasks: Sequence[Any],
     *,
     episodes_per_trial: int,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     horizon: int | None = None,
     policy_threads: int | None = 1,
 ) -> TrialBatch:
@@ -158,7 +158,10 @@ def sample_trials(
         params: Shared parameters (`dict(policy.named_parameters())`) or per-task ones.
         tasks: The tasks, one per row of the batch.
         episodes_per_trial: Consecutive episodes $E$ per trial.
-        generator: Source of all randomness.
+        generator: Source of all randomness: one generator, or a sequence of one per task (task
+            $i$'s reset seeds and action noise then come from generator $i$ alone, as in
+            [metaops.envs.sample_episodes][], so that any split of the tasks over calls or
+            processes samples the same trials).
         horizon: Episode length $H$; defaults to `env.horizon`. Trials have at most $E H$ steps.
         policy_threads: torch intra-op threads for the policy calls (as in
             [metaops.envs.sample_episodes][]), restored afterwards.
@@ -198,7 +201,13 @@ def sample_trials(
     if len(tasks) != env.num_tasks:
         raise ValueError(f"env was built for {env.num_tasks} tasks, got {len(tasks)} tasks")
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
+            raise TypeError(
+                f"generator must be a torch.Generator or a sequence of one per task, got {type(generator).__name__}"
+            )
+        if len(generator) != len(tasks):
+            raise ValueError(f"got {len(generator)} generators for {len(tasks)} tasks: pass one per task")
+        generator = tuple(generator)
     horizon = env.horizon if horizon is None else horizon
     for name, value in (("horizon", horizon), ("episodes_per_trial", episodes_per_trial)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -239,7 +248,7 @@ def _sample_trials(
     policy: RecurrentPolicy,
     params: dict[str, Tensor],
     tasks: tuple[Any, ...],
-    generator: torch.Generator,
+    generator: torch.Generator | tuple[torch.Generator, ...],
     horizon: int,
     episodes: int,
 ) -> TrialBatch:
@@ -275,7 +284,7 @@ def _sample_trials(
     previous = np.zeros((num_envs, act_dim + 2), dtype=np.float32)  # [a_{t-1}, r_{t-1}, d_{t-1}]
 
     for k in range(episodes):
-        seeds = torch.randint(0, 2**31 - 1, (num_envs,), generator=generator).numpy()
+        seeds = _reset_seeds(generator, num_envs, trials).numpy()
         try:
             obs = env.reset(tasks, seeds=seeds)
         except EnvError as exc:
@@ -289,7 +298,7 @@ def _sample_trials(
                 x_policy = rearrange(torch.from_numpy(x).to(param_dtype), "(task trial) d -> task trial d",
                                      task=num_tasks)
                 dist, new_carry = step(x_policy, carry)
-                action = policy.sample(dist, generator=generator)
+                action = _sample_actions(policy, dist, generator)
                 log_prob = policy.log_prob(dist, action)
                 keep = rearrange(torch.from_numpy(active), "(task trial) -> task trial", task=num_tasks)
                 carry = tree_map(  # waiting (finished) trials keep their carry

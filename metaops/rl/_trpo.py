@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -68,6 +68,8 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
     fisher_kl_fn: Callable[[Params], Tensor] | None = None,
+    reduce: Callable[[Any], Any] | None = None,
+    fisher_reduce: Callable[[Any], Any] | None = None,
 ) -> tuple[Params, TRPOInfo]:
     r"""Takes one TRPO step on a (meta-)objective under a KL trust region.
 
@@ -92,6 +94,16 @@ def trpo_step(
     search checks the full ``kl_fn``. The line search branches on values, so this function is
     not meant for ``vmap`` (vmap *inside* ``surrogate_fn`` and ``kl_fn`` over tasks instead).
 
+    **Many processes.** With ``reduce``, each process's ``surrogate_fn`` and ``kl_fn`` cover its
+    share of the data (e.g. its tasks) and ``reduce`` maps a pytree of this process's values to
+    the values of the whole batch, e.g.
+    ``lambda t: metaops.distributed.all_reduce_mean(t, count=my_tasks, group=group)``. It is
+    applied to the surrogate's value and gradient (one call), to every Fisher-vector product and
+    to each line-search candidate's surrogate and KL (one call), so every process takes the same
+    step as one process holding all the data (up to float rounding). ``fisher_reduce`` (default
+    ``reduce``) does the same for ``fisher_kl_fn``'s products when its share is counted
+    differently (a subsample of the tasks).
+
     Args:
         surrogate_fn: $\mathcal{J}(\theta)$, a scalar to **maximise** (e.g. the mean over tasks
             of a likelihood-ratio objective on post-update data).
@@ -107,6 +119,8 @@ def trpo_step(
         fisher_kl_fn: The KL whose Hessian defines the Fisher products (default ``kl_fn``),
             for instance ``kl_fn`` restricted to a subsample of tasks or states. It must be
             zero with a zero gradient at ``params``, as ``kl_fn`` is.
+        reduce: This process's values -> the whole batch's (see above); ``None``: one process.
+        fisher_reduce: The same for ``fisher_kl_fn``'s products (default ``reduce``).
 
     Returns:
         ``(new_params, info)``: detached new parameters and a [metaops.rl.TRPOInfo][].
@@ -146,14 +160,17 @@ def trpo_step(
     if not isinstance(max_backtracks, int) or max_backtracks < 1:
         raise ValueError(f"max_backtracks must be a positive int, got {max_backtracks!r}")
     params = stop_gradient(params)
-    grads, before = torch.func.grad_and_value(surrogate_fn)(params)
+    reduce = (lambda tree: tree) if reduce is None else reduce
+    fisher_reduce = reduce if fisher_reduce is None else fisher_reduce
+    grads, before = reduce(torch.func.grad_and_value(surrogate_fn)(params))
     if before.dim() != 0 or not bool(torch.isfinite(before)):
         raise ValueError(
             f"surrogate_fn must return a finite scalar, got shape {tuple(before.shape)} value {before.detach()}"
         )
     before_value = float(before)
 
-    fvp = _linearized_kl_hvp(kl_fn if fisher_kl_fn is None else fisher_kl_fn, params, damping=damping)
+    local_fvp = _linearized_kl_hvp(kl_fn if fisher_kl_fn is None else fisher_kl_fn, params, damping=damping)
+    fvp = lambda v: fisher_reduce(local_fvp(v))  # noqa: E731
 
     direction = cg(fvp, grads, steps=cg_steps)
     curvature = float(tree_vdot(direction, fvp(direction)))
@@ -166,8 +183,7 @@ def trpo_step(
     with torch.no_grad():
         for k in range(max_backtracks):
             candidate = tree_add(params, tree_scale(full_step, backtrack_ratio**k))
-            after = float(surrogate_fn(candidate))
-            kl = float(kl_fn(candidate))
+            after, kl = (float(x) for x in reduce((surrogate_fn(candidate), kl_fn(candidate))))
             improvement = after - before_value
             if math.isfinite(after) and math.isfinite(kl) and improvement > 0 and kl <= max_kl:
                 info = TRPOInfo(True, k, kl, improvement, before_value, after, full_step)

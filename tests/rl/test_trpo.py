@@ -212,3 +212,35 @@ def test_trpo_bad_hyperparameters():
         trpo_step(f, kl_fn, params, backtrack_ratio=1.0)
     with pytest.raises(ValueError, match="finite scalar"):
         trpo_step(lambda p: tree_ravel(p)[0].sum() * torch.nan, kl_fn, params)
+
+
+def test_reduce_is_applied_to_the_gradient_every_fisher_product_and_the_line_search():
+    """With ``reduce`` = doubling, the step equals the one-process step on 2 J and 2 D (and damping 2 beta).
+
+    Doubling J and D leaves the CG direction unchanged but halves the step's scale twice over
+    (sqrt of the doubled curvature) and doubles the KL the line search sees: a site that skipped
+    ``reduce`` would change the step, the KL or the number of backtracks.
+    """
+    policy, params, obs, actions, rewards, mask = _setup(hidden=(4,))
+    surrogate_fn, kl_fn = _maml_fns(policy, params, obs, actions, rewards, mask)
+    n = len(tree_ravel(params)[0])
+    calls = []
+
+    def doubled(tree):
+        calls.append(tree)
+        return tree_map(lambda x: 2 * x, tree)
+
+    kw = dict(max_kl=0.005, cg_steps=3 * n, max_backtracks=15)
+    new, info = trpo_step(surrogate_fn, kl_fn, params, damping=1e-3, reduce=doubled, **kw)
+    want_new, want = trpo_step(lambda p: 2 * surrogate_fn(p), lambda p: 2 * kl_fn(p), params, damping=2e-3, **kw)
+    assert info.accepted and info.backtracks == want.backtracks
+    torch.testing.assert_close(tree_ravel(info.full_step)[0], tree_ravel(want.full_step)[0], rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(tree_ravel(new)[0], tree_ravel(want_new)[0], rtol=1e-8, atol=1e-12)
+    assert info.kl == pytest.approx(want.kl, rel=1e-8) and info.surrogate_before == pytest.approx(want.surrogate_before)
+    # one call for the gradient, one per product (CG + curvature), one per line-search candidate
+    assert len(calls) == 1 + (3 * n + 1) + (info.backtracks + 1)
+    # fisher_reduce replaces reduce for the products only
+    fisher_calls = []
+    trpo_step(surrogate_fn, kl_fn, params, damping=1e-3, reduce=doubled,
+              fisher_reduce=lambda t: fisher_calls.append(t) or doubled(t), **kw)
+    assert len(fisher_calls) == 3 * n + 1

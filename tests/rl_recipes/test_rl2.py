@@ -118,7 +118,8 @@ def test_advantages_run_over_the_whole_trial():
     weights = rl.fit_linear_baseline(flat(batch.inputs), returns, mask=flat(batch.mask))
     raw = returns - rl.predict_linear_baseline(weights, flat(batch.inputs))
     expected = rl.normalize_advantages(raw * flat(batch.mask), mask=flat(batch.mask)).reshape(2, 2, 10)
-    torch.testing.assert_close(rl2.advantages_of(batch, gamma=0.9, gae_lambda=1.0), expected)
+    torch.testing.assert_close(rl2.advantages_of(batch.inputs, batch.rewards, batch.mask, gamma=0.9, gae_lambda=1.0),
+                               expected)
     # the return at step 0 includes the second episode's rewards (discounted across the boundary)
     trial = batch.rewards[0, 0]
     torch.testing.assert_close(returns[0, 0, 0], sum(0.9**t * trial[t] for t in range(10)))
