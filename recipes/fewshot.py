@@ -133,7 +133,8 @@ def main(args: Args) -> dict[str, float]:
         raise ValueError("reptile needs --inner-steps >= 2 (with one step it is joint training)")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream
+    g = torch.Generator().manual_seed(args.seed)  # the meta-training task stream (the same in every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share each task batch; else None
     data, (train_classes, val_classes, test_classes) = load_dataset(args)
     fewshot = dict(ways=args.ways, shots=args.shots, query_shots=args.query_shots)
     train = mo.tasks.FewShot(data.images, data.labels, classes=train_classes, **fewshot)
@@ -174,15 +175,18 @@ def main(args: Args) -> dict[str, float]:
 
     def meta_iteration():  # sample a task batch, one Adam step on the meta-gradient
         support, query = train.sample_tasks(args.meta_batch, generator=g)
+        support, query = mo.distributed.shard_tasks((support, query), group)  # this process's share of the tasks
         if args.algorithm == "reptile":  # theta - mean phi, no meta-graph
             params = mo.tree.stop_gradient(mo.nn.named_params(model))
             adapted = mo.map_tasks(lambda p, s: adapt(p, s, mo.inner.first_order()), in_dims=(None, 0),
                                    strategy="vmap")(params, support)
             loss = mo.map_tasks(loss_fn, in_dims=(0, 0), strategy="vmap")(adapted, query).mean()
-            grads = mo.inner.reptile_grad(params, adapted)
+            loss, grads = mo.distributed.all_reduce_mean(  # the mean over all processes' tasks
+                (loss, mo.inner.reptile_grad(params, adapted)), count=len(support[1]), group=group)
         else:
             meta = net.meta_params() if args.algorithm == "metasgd" else mo.nn.named_params(model)
-            loss, grads = mo.meta_value_and_grad(task_loss, meta, support, query, strategy=strategy)
+            loss, grads = mo.meta_value_and_grad(task_loss, meta, support, query, strategy=strategy,
+                                                 process_group=group)
         meta_opt.zero_grad()
         if args.algorithm == "metasgd":
             for p, grad in zip(mo.tree.tree_leaves(meta), mo.tree.tree_leaves(grads)):
@@ -198,8 +202,8 @@ def main(args: Args) -> dict[str, float]:
     relabel = torch.full((len(data.class_names),), -1, dtype=torch.long)
     relabel[torch.tensor(train_classes)] = torch.arange(len(train_classes))
 
-    def baseline_iteration():
-        picks = torch.randint(len(train_labels), (args.baseline_batch,), generator=g)
+    def baseline_iteration():  # not split over processes: batch norm must see the whole minibatch, as in one
+        picks = torch.randint(len(train_labels), (args.baseline_batch,), generator=g)  # (each process the same)
         x = train_images[picks]
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         loss = F.cross_entropy(model(x), relabel[train_labels[picks]])
@@ -256,6 +260,8 @@ def main(args: Args) -> dict[str, float]:
         metrics |= summarize_tasks(at_init, name="accuracy_init")
         metrics |= summarize_tasks(accuracies - at_init, name="accuracy_gain")
     metrics |= run_metrics | {"eval_seconds": time.perf_counter() - start}
+    if not mo.distributed.is_main_process():  # another process of a distributed run: same metrics, no files
+        return metrics
     out = Path(args.out_dir)
     save_json(out / "metrics.json", metrics)
     print(f"{args.algorithm}, {args.dataset}, {args.ways}-way {args.shots}-shot, {args.eval_tasks} test tasks: "
