@@ -247,7 +247,7 @@ def main(args: Args) -> dict[str, float]:
         raise ValueError(f"meta_batch ({args.meta_batch}) exceeds the {len(demos.tasks)} training tasks of the "
                          "demonstrations")
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # task draws and each task's sampling seed (same in every process)
+    g = torch.Generator().manual_seed(args.seed)  # task draws, reset seeds and action noise (same in every process)
     mine = mo.distributed.task_slice(args.meta_batch, group)  # this process's share of every meta-batch
     num_mine = len(range(args.meta_batch)[mine])
     env = envs.make_batched(args.env, num_tasks=num_mine, episodes_per_task=args.episodes,
@@ -309,11 +309,11 @@ def main(args: Args) -> dict[str, float]:
     for it in range(start, args.iterations):
         t0 = time.perf_counter()
         rows = torch.randperm(len(demos.tasks), generator=g)[: args.meta_batch]  # this iteration's training tasks
-        seeds = torch.randint(0, 2**62, (args.meta_batch,), generator=g)  # task i's episodes depend on seeds[i] only
-        rows, generators = rows[mine], [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]  # my share
+        rows = rows[mine]  # this process's share
         tasks = tuple(demos.tasks[i] for i in rows.tolist())
         theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
-        episodes = envs.sample_episodes(env, policy, theta, tasks, generator=generators, horizon=horizon)
+        episodes = envs.sample_episodes(env, policy, theta, tasks, generator=g, horizon=horizon,  # my rows of
+                                        task_rows=mine, batch_tasks=args.meta_batch)  # the whole batch's draws
         batch = process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda)
         demo = (demos.observations[rows], demos.actions[rows], demos.mask[rows])
         t1 = time.perf_counter()

@@ -246,7 +246,7 @@ def main(args: Args) -> dict[str, float]:
     meta_batch = args.meta_batch or (20 if args.env == "Navigation2D" else 40)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the tasks and each task's sampling seed (the same in every process)
+    g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise (the same in every process)
     group = mo.distributed.init()  # under torchrun: the processes that share each meta-batch; else None
     main_process = mo.distributed.is_main_process()
     mine = mo.distributed.task_slice(meta_batch, group)  # this process's share of every meta-batch
@@ -260,9 +260,9 @@ def main(args: Args) -> dict[str, float]:
     loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
     check_step = make_step_check(policy, args)
 
-    def sample(params, tasks, generators) -> envs.EpisodeBatch:  # one generator per task: any split of the
-        return envs.sample_episodes(env, policy, params, tasks, generator=generators,  # tasks over processes
-                                    horizon=horizon)                                   # samples the same episodes
+    def sample(params, tasks) -> envs.EpisodeBatch:  # this process's rows of the whole batch's random draws:
+        return envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=horizon,  # any split of
+                                    task_rows=mine, batch_tasks=meta_batch)  # the tasks samples the same episodes
 
     def mean_over_all_tasks(tree):  # this process's mean over its tasks -> the mean over all tasks of the batch
         return mo.distributed.all_reduce_mean(tree, count=num_mine, group=group)
@@ -321,13 +321,12 @@ def main(args: Args) -> dict[str, float]:
         t0 = time.perf_counter()
         theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
         batch_tasks = tasks_dist.sample_tasks(meta_batch, generator=g)
-        seeds = torch.randint(0, 2**62, (meta_batch,), generator=g)  # task i's episodes depend on seeds[i] only
-        tasks, generators = batch_tasks[mine], [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]
+        tasks = batch_tasks[mine]  # this process's share
 
         # 1. inner loop: sample with the current (adapted) policy, take a step, re-sample, ...
         params, batches, pre_returns, inner = theta, [], None, []
         for _ in range(args.inner_steps):
-            episodes = sample(params, tasks, generators)
+            episodes = sample(params, tasks)
             pre_returns = all_tasks(episodes.returns.mean(1)).mean() if pre_returns is None else pre_returns
             batches.append(process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda))
             params, before = mo.tree.stop_gradient(adapt_fn(theta, batches)), params
@@ -335,7 +334,7 @@ def main(args: Args) -> dict[str, float]:
         adapted = params  # per-task, leading task dim
 
         # 2. post-update episodes from the adapted policies, and their advantages
-        post = sample(adapted, tasks, generators)
+        post = sample(adapted, tasks)
         post_obs, post_actions, post_adv, post_mask = process_episodes(post, gamma=args.gamma,
                                                                        gae_lambda=args.gae_lambda)
         old_log_probs = per_task_log_probs(policy, adapted, post_obs, post_actions)

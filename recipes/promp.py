@@ -206,7 +206,7 @@ def main(args: Args) -> dict[str, float]:
     out = Path(args.out_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the tasks and each task's sampling seed (the same in every process)
+    g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise (the same in every process)
     group = mo.distributed.init()  # under torchrun: the processes that share each meta-batch; else None
     main_process = mo.distributed.is_main_process()
     mine = mo.distributed.task_slice(args.meta_batch, group)  # this process's share of every meta-batch
@@ -221,9 +221,9 @@ def main(args: Args) -> dict[str, float]:
     kl_coeffs = torch.full((args.inner_steps,), args.kl_coeff, dtype=torch.float64)  # one per inner step
     loss_fn = make_inner_loss(policy)
 
-    def sample(params, tasks, generators) -> envs.EpisodeBatch:  # one generator per task: any split of the
-        return envs.sample_episodes(env, policy, params, tasks, generator=generators,  # tasks over processes
-                                    horizon=args.horizon)                              # samples the same episodes
+    def sample(params, tasks) -> envs.EpisodeBatch:  # this process's rows of the whole batch's random draws:
+        return envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=args.horizon,  # any split of
+                                    task_rows=mine, batch_tasks=args.meta_batch)  # the tasks samples the same episodes
 
     def mean_over_all_tasks(tree):  # this process's mean over its tasks -> the mean over all tasks of the batch
         return mo.distributed.all_reduce_mean(tree, count=num_mine, group=group)
@@ -294,14 +294,13 @@ def main(args: Args) -> dict[str, float]:
         sample_s = adapt_s = 0.0
         theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
         all_tasks = tasks_dist.sample_tasks(args.meta_batch, generator=g)
-        seeds = torch.randint(0, 2**62, (args.meta_batch,), generator=g)  # task i's episodes depend on seeds[i] only
-        tasks, generators = all_tasks[mine], [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]
+        tasks = all_tasks[mine]  # this process's share
 
         # 1. inner loop: sample with the current (adapted) policy, take a step, re-sample, ...
         params, pre, pre_old_dists, pre_returns = theta, [], [], None
         for k in range(args.inner_steps):
             t0 = time.perf_counter()
-            episodes = sample(params, tasks, generators)
+            episodes = sample(params, tasks)
             pre_returns = episodes.returns.mean() if pre_returns is None else pre_returns
             pre.append(process_episodes(episodes, gamma=args.gamma, gae_lambda=args.gae_lambda))
             t1 = time.perf_counter()
@@ -314,7 +313,7 @@ def main(args: Args) -> dict[str, float]:
 
         # 2. post-update episodes from the adapted policies, and their advantages
         t0 = time.perf_counter()
-        post_episodes = sample(params, tasks, generators)
+        post_episodes = sample(params, tasks)
         post = process_episodes(post_episodes, gamma=args.gamma, gae_lambda=args.gae_lambda)
         with torch.no_grad():
             post_old_dist = vmap(lambda p, o: functional_call(policy, p, (o,)))(params, post[0])

@@ -170,7 +170,7 @@ def main(args: Args) -> dict[str, float]:
     out = Path(args.out_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # the tasks and each task's sampling seed (the same in every process)
+    g = torch.Generator().manual_seed(args.seed)  # tasks, reset seeds and action noise (the same in every process)
     group = mo.distributed.init()  # under torchrun: the processes that share each batch of tasks; else None
     main_process = mo.distributed.is_main_process()
     mine = mo.distributed.task_slice(args.meta_batch, group)  # this process's share of every batch
@@ -227,10 +227,9 @@ def main(args: Args) -> dict[str, float]:
         # 1. trials of E consecutive episodes per task, one carry per trial
         t0 = time.perf_counter()
         tasks = tasks_dist.sample_tasks(args.meta_batch, generator=g)
-        seeds = torch.randint(0, 2**62, (args.meta_batch,), generator=g)  # task i's trials depend on seeds[i] only
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds[mine]]
         batch = envs.sample_trials(env, policy, mo.tree.stop_gradient(mo.nn.named_params(policy)), tasks[mine],
-                                   episodes_per_trial=E, generator=generators, horizon=args.horizon)
+                                   episodes_per_trial=E, generator=g, horizon=args.horizon,  # this process's rows
+                                   task_rows=mine, batch_tasks=args.meta_batch)  # of the whole batch's draws
         # the baseline is fitted on every task's trials (gathered from all processes), then each keeps its own
         whole = mo.distributed.gather_tasks((batch.inputs, batch.rewards, batch.mask), args.meta_batch, group)
         advantages = advantages_of(*whole, gamma=args.gamma, gae_lambda=args.gae_lambda)[mine]

@@ -167,10 +167,12 @@ def sample_episodes(
     params: Mapping[str, Tensor],
     tasks: Sequence[Any],
     *,
-    generator: torch.Generator | Sequence[torch.Generator],
+    generator: torch.Generator,
     horizon: int | None = None,
     policy_threads: int | None = 1,
     latent: Tensor | None = None,
+    task_rows: slice | None = None,
+    batch_tasks: int | None = None,
 ) -> EpisodeBatch:
     r"""Samples `env.episodes_per_task` episodes for each task with a (per-task) policy.
 
@@ -191,11 +193,15 @@ def sample_episodes(
     The batch is a deterministic function of the generator's state: reset seeds and
     action noise are both drawn from it, and the physics is bit-reproducible.
 
-    **Per-task generators.** With one generator per task, task $i$'s reset seeds and action
-    noise come from generator $i$ alone, so a task's episodes do not depend on which other
-    tasks share the call: sampling tasks ``0..3`` in one call, or ``0..1`` and ``2..3`` in two
-    calls (two processes of a distributed run, each with its slice of the generators), gives
-    the same episodes (the actions up to the float rounding of the batched policy call).
+    **One share of a larger batch** (a process of a distributed run): with ``task_rows`` and
+    ``batch_tasks`` the call samples rows ``task_rows`` of a batch of ``batch_tasks`` tasks
+    (``tasks`` and ``env`` hold only those rows). The generator then draws the reset seeds and
+    the action noise of the whole batch, as a call holding every task would, and each share uses
+    its rows: sampling tasks ``0..3`` in one call, or ``0..1`` and ``2..3`` in two calls from
+    generators in the same state, gives the same episodes (the actions up to the float rounding
+    of the batched policy call) and leaves the generators in the same state. For that, a sharded
+    call runs to the horizon even when all its episodes ended early (another share's may not
+    have), and the policy's distribution must have the task dimension first.
 
     Args:
         env: A batched environment from [metaops.envs.make_batched][], with
@@ -204,7 +210,7 @@ def sample_episodes(
             that has `sample(dist, *, generator)` and `log_prob(dist, actions)`.
         params: Shared parameters (`dict(policy.named_parameters())`) or per-task ones.
         tasks: The tasks, one per row of the batch.
-        generator: Source of all randomness: one generator, or a sequence of one per task.
+        generator: Source of all randomness.
         horizon: Episode length; defaults to `env.horizon`.
         policy_threads: torch intra-op threads for the policy calls, restored afterwards
             (`None` leaves torch's setting). One thread is the fast choice for per-step
@@ -212,6 +218,9 @@ def sample_episodes(
             that are busy with physics or other processes.
         latent: Optional floating tensor `(task, dim)` or `(task, episode, dim)`, appended to
             every observation the policy sees (converted to the parameters' dtype).
+        task_rows: The rows of the whole batch that ``tasks`` are (with ``batch_tasks``), e.g.
+            [metaops.distributed.task_slice][]; ``None``: ``tasks`` is the whole batch.
+        batch_tasks: The number of tasks of the whole batch (with ``task_rows``).
 
     Returns:
         An [metaops.envs.EpisodeBatch][] shaped `(task, episode, time, ...)`.
@@ -264,13 +273,8 @@ def sample_episodes(
     if len(tasks) != env.num_tasks:
         raise ValueError(f"env was built for {env.num_tasks} tasks, got {len(tasks)} tasks")
     if not isinstance(generator, torch.Generator):
-        if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
-            raise TypeError(
-                f"generator must be a torch.Generator or a sequence of one per task, got {type(generator).__name__}"
-            )
-        if len(generator) != len(tasks):
-            raise ValueError(f"got {len(generator)} generators for {len(tasks)} tasks: pass one per task")
-        generator = tuple(generator)
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    shard = _check_shard(task_rows, batch_tasks, len(tasks))
     horizon = env.horizon if horizon is None else horizon
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be a positive int, got {horizon!r}")
@@ -283,25 +287,56 @@ def sample_episodes(
     if policy_threads is not None:
         torch.set_num_threads(policy_threads)
     try:
-        return _sample(env, policy, dict(params), tasks, generator, horizon, latent)
+        return _sample(env, policy, dict(params), tasks, generator, horizon, latent, shard)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _reset_seeds(generator: torch.Generator | tuple[torch.Generator, ...], num_envs: int,
-                 num_episodes: int) -> Tensor:
-    """One reset seed per environment, task-major; with per-task generators, task i's from generator i."""
-    if isinstance(generator, torch.Generator):
+_Shard = tuple[slice, int]  # (rows of the whole batch, tasks in the whole batch)
+
+
+def _check_shard(task_rows: slice | None, batch_tasks: int | None, num_tasks: int) -> _Shard | None:
+    """``(task_rows, batch_tasks)`` checked against the call's ``num_tasks``, or None for a whole batch."""
+    if task_rows is None and batch_tasks is None:
+        return None
+    if task_rows is None or batch_tasks is None:
+        raise ValueError("task_rows and batch_tasks go together: pass both (one share of a batch) or neither")
+    if isinstance(batch_tasks, bool) or not isinstance(batch_tasks, int) or batch_tasks < 1:
+        raise ValueError(f"batch_tasks must be a positive int, got {batch_tasks!r}")
+    if not isinstance(task_rows, slice) or task_rows.step not in (None, 1):
+        raise ValueError(f"task_rows must be a contiguous slice, got {task_rows!r}")
+    start, stop, _ = task_rows.indices(batch_tasks)
+    if (task_rows.start or 0) != start or stop - start != num_tasks or (task_rows.stop is not None
+                                                                        and task_rows.stop != stop):
+        raise ValueError(f"task_rows {task_rows} of a batch of {batch_tasks} tasks does not hold the call's "
+                         f"{num_tasks} tasks")
+    return slice(start, stop), batch_tasks
+
+
+def _reset_seeds(generator: torch.Generator, num_envs: int, num_episodes: int, shard: _Shard | None) -> Tensor:
+    """One reset seed per environment, task-major; for a share, the whole batch's are drawn."""
+    if shard is None:
         return torch.randint(0, 2**31 - 1, (num_envs,), generator=generator)
-    return torch.cat([torch.randint(0, 2**31 - 1, (num_episodes,), generator=g) for g in generator])
+    rows, batch_tasks = shard
+    seeds = torch.randint(0, 2**31 - 1, (batch_tasks, num_episodes), generator=generator)
+    return seeds[rows].reshape(-1)
 
 
-def _sample_actions(policy: nn.Module, dist: Any, generator: torch.Generator | tuple[torch.Generator, ...]) -> Tensor:
-    """``policy.sample`` on `(task, episode, ...)` distributions; per task with per-task generators."""
-    if isinstance(generator, torch.Generator):
+def _sample_actions(policy: nn.Module, dist: Any, generator: torch.Generator, shard: _Shard | None) -> Tensor:
+    """``policy.sample`` on `(task, episode, ...)` distributions; for a share, as rows of the whole batch's draw."""
+    if shard is None:
         return policy.sample(dist, generator=generator)
-    return torch.stack([policy.sample(tree_map(lambda x, i=i: x[i], dist), generator=g)
-                        for i, g in enumerate(generator)])
+    rows, batch_tasks = shard
+
+    def pad(x: Tensor) -> Tensor:  # the other shares' rows: zeros, sampled and thrown away
+        if x.dim() == 0 or x.shape[0] != rows.stop - rows.start:
+            raise ValueError(f"with task_rows, the policy's distribution must have the task dimension first; got "
+                             f"a leaf of shape {tuple(x.shape)} for {rows.stop - rows.start} tasks")
+        full = x.new_zeros((batch_tasks, *x.shape[1:]))
+        full[rows] = x
+        return full
+
+    return policy.sample(tree_map(pad, dist), generator=generator)[rows]
 
 
 def _check_latent(latent: Tensor | None, num_tasks: int, num_episodes: int) -> Tensor | None:
@@ -329,9 +364,10 @@ def _sample(
     policy: nn.Module,
     params: dict[str, Tensor],
     tasks: tuple[Any, ...],
-    generator: torch.Generator | tuple[torch.Generator, ...],
+    generator: torch.Generator,
     horizon: int,
     latent: Tensor | None = None,
+    shard: _Shard | None = None,
 ) -> EpisodeBatch:
     num_tasks, num_episodes = env.num_tasks, env.episodes_per_task
     num_envs, obs_dim, act_dim = env.num_envs, env.observation_dim, env.action_dim
@@ -348,7 +384,7 @@ def _sample(
     param_dtype = next(iter(params.values())).dtype  # observations are fed in this dtype
     if latent is not None:
         latent = latent.to(param_dtype)
-    seeds = _reset_seeds(generator, num_envs, num_episodes).numpy()
+    seeds = _reset_seeds(generator, num_envs, num_episodes, shard).numpy()
     observations = np.zeros((num_envs, horizon, obs_dim), dtype=np.float32)
     final_observations = np.zeros((num_envs, obs_dim), dtype=np.float32)
     actions = np.zeros((num_envs, horizon, act_dim), dtype=np.float32)
@@ -370,7 +406,7 @@ def _sample(
             if latent is not None:
                 policy_obs = torch.cat([policy_obs, latent], dim=-1)
             dist = distribution(policy_obs)
-            action = _sample_actions(policy, dist, generator)
+            action = _sample_actions(policy, dist, generator, shard)
             log_prob = policy.log_prob(dist, action)
         if tuple(action.shape) != (num_tasks, num_episodes, act_dim):
             raise ValueError(
@@ -399,7 +435,7 @@ def _sample(
         final_observations[active] = result.observations[active]
         active = active & ~result.terminated
         obs = result.observations
-        if not active.any():
+        if not active.any() and shard is None:  # (a share runs on: another share's episodes may not have ended)
             break
     truncated[:, horizon - 1] = active
 

@@ -16,7 +16,7 @@ from metaops.tree import tree_map
 
 from ._batched import BatchedEnv, EnvError
 from ._policy import RecurrentPolicy
-from ._sampler import _per_task, _reset_seeds, _sample_actions
+from ._sampler import _check_shard, _per_task, _reset_seeds, _sample_actions
 
 __all__ = ["TrialBatch", "sample_trials"]
 
@@ -114,9 +114,11 @@ def sample_trials(
     tasks: Sequence[Any],
     *,
     episodes_per_trial: int,
-    generator: torch.Generator | Sequence[torch.Generator],
+    generator: torch.Generator,
     horizon: int | None = None,
     policy_threads: int | None = 1,
+    task_rows: slice | None = None,
+    batch_tasks: int | None = None,
 ) -> TrialBatch:
     r"""Samples one trial of ``episodes_per_trial`` consecutive episodes per environment copy.
 
@@ -158,13 +160,14 @@ def sample_trials(
         params: Shared parameters (`dict(policy.named_parameters())`) or per-task ones.
         tasks: The tasks, one per row of the batch.
         episodes_per_trial: Consecutive episodes $E$ per trial.
-        generator: Source of all randomness: one generator, or a sequence of one per task (task
-            $i$'s reset seeds and action noise then come from generator $i$ alone, as in
-            [metaops.envs.sample_episodes][], so that any split of the tasks over calls or
-            processes samples the same trials).
+        generator: Source of all randomness.
         horizon: Episode length $H$; defaults to `env.horizon`. Trials have at most $E H$ steps.
         policy_threads: torch intra-op threads for the policy calls (as in
             [metaops.envs.sample_episodes][]), restored afterwards.
+        task_rows: The rows of the whole batch that ``tasks`` are, with ``batch_tasks`` (one
+            process's share): the generator draws for the whole batch and this call uses its
+            rows, exactly as in [metaops.envs.sample_episodes][]; ``None``: the whole batch.
+        batch_tasks: The number of tasks of the whole batch (with ``task_rows``).
 
     Returns:
         A [metaops.envs.TrialBatch][] shaped `(task, trial, time, ...)` with time $E H$.
@@ -201,13 +204,8 @@ def sample_trials(
     if len(tasks) != env.num_tasks:
         raise ValueError(f"env was built for {env.num_tasks} tasks, got {len(tasks)} tasks")
     if not isinstance(generator, torch.Generator):
-        if not isinstance(generator, Sequence) or not all(isinstance(g, torch.Generator) for g in generator):
-            raise TypeError(
-                f"generator must be a torch.Generator or a sequence of one per task, got {type(generator).__name__}"
-            )
-        if len(generator) != len(tasks):
-            raise ValueError(f"got {len(generator)} generators for {len(tasks)} tasks: pass one per task")
-        generator = tuple(generator)
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    shard = _check_shard(task_rows, batch_tasks, len(tasks))
     horizon = env.horizon if horizon is None else horizon
     for name, value in (("horizon", horizon), ("episodes_per_trial", episodes_per_trial)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -220,7 +218,7 @@ def sample_trials(
     if policy_threads is not None:
         torch.set_num_threads(policy_threads)
     try:
-        return _sample_trials(env, policy, dict(params), tasks, generator, horizon, episodes_per_trial)
+        return _sample_trials(env, policy, dict(params), tasks, generator, horizon, episodes_per_trial, shard)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -248,9 +246,10 @@ def _sample_trials(
     policy: RecurrentPolicy,
     params: dict[str, Tensor],
     tasks: tuple[Any, ...],
-    generator: torch.Generator | tuple[torch.Generator, ...],
+    generator: torch.Generator,
     horizon: int,
     episodes: int,
+    shard: tuple[slice, int] | None = None,
 ) -> TrialBatch:
     num_tasks, trials = env.num_tasks, env.episodes_per_task
     num_envs, obs_dim, act_dim = env.num_envs, env.observation_dim, env.action_dim
@@ -284,7 +283,7 @@ def _sample_trials(
     previous = np.zeros((num_envs, act_dim + 2), dtype=np.float32)  # [a_{t-1}, r_{t-1}, d_{t-1}]
 
     for k in range(episodes):
-        seeds = _reset_seeds(generator, num_envs, trials).numpy()
+        seeds = _reset_seeds(generator, num_envs, trials, shard).numpy()
         try:
             obs = env.reset(tasks, seeds=seeds)
         except EnvError as exc:
@@ -298,7 +297,7 @@ def _sample_trials(
                 x_policy = rearrange(torch.from_numpy(x).to(param_dtype), "(task trial) d -> task trial d",
                                      task=num_tasks)
                 dist, new_carry = step(x_policy, carry)
-                action = _sample_actions(policy, dist, generator)
+                action = _sample_actions(policy, dist, generator, shard)
                 log_prob = policy.log_prob(dist, action)
                 keep = rearrange(torch.from_numpy(active), "(task trial) -> task trial", task=num_tasks)
                 carry = tree_map(  # waiting (finished) trials keep their carry
@@ -339,7 +338,7 @@ def _sample_trials(
             position[rows] += 1
             active = active & ~result.terminated
             obs = result.observations
-            if not active.any():
+            if not active.any() and shard is None:  # (a share runs on: another share's may not have ended)
                 break
         rows = np.flatnonzero(active)
         truncated[rows, position[rows] - 1] = True

@@ -286,40 +286,58 @@ def test_float64_policy(make_policy):
     assert batch.observations.dtype == torch.float32 and torch.isfinite(batch.log_probs).all()
 
 
-def _generators(seeds):
-    return [torch.Generator().manual_seed(s) for s in seeds]
-
 
 @pytest.mark.parametrize("per_task_params", [False, True])
-def test_per_task_generators_make_each_tasks_episodes_independent_of_the_others(make_policy, per_task_params):
-    """Tasks 0..3 in one call equal tasks 0..1 and 2..3 in two calls (a 2-process split)."""
+def test_shares_of_a_batch_sample_what_the_whole_batch_call_samples(make_policy, per_task_params):
+    """Tasks 0..3 in one call equal rows 0..1 and 2..3 in two calls (a 2-process split), call after call."""
     tasks = _tasks("Navigation2D", 4)
     policy = make_policy(2, 2, log_std=-1.0)
     shared = _params(policy)
     params = {k: v + 0.01 * torch.arange(4.0).view(4, *[1] * (v.dim() - 1)) for k, v in _stacked(shared, 4).items()}
 
-    def run(rows):
-        env = make_batched("Navigation2D", num_tasks=len(rows), episodes_per_task=3)
+    def run(rows, calls=2):  # two successive calls from one generator: the state after the first must agree too
+        g = torch.Generator().manual_seed(7)
+        env = make_batched("Navigation2D", num_tasks=len(range(4)[rows]), episodes_per_task=3)
         p = {k: v[rows] for k, v in params.items()} if per_task_params else shared
-        return sample_episodes(env, policy, p, [tasks[i] for i in rows], generator=_generators([7 + i for i in rows]),
-                               horizon=15)
+        shard = {} if rows == slice(None) else dict(task_rows=rows, batch_tasks=4)
+        return [sample_episodes(env, policy, p, tasks[rows], generator=g, horizon=15, **shard) for _ in range(calls)]
 
-    whole, first, second = run([0, 1, 2, 3]), run([0, 1]), run([2, 3])
+    for whole, first, second in zip(run(slice(None)), run(slice(0, 2)), run(slice(2, 4))):
+        for field in FIELDS:
+            joined = torch.cat([getattr(first, field), getattr(second, field)])
+            torch.testing.assert_close(getattr(whole, field), joined, msg=field, rtol=1e-5, atol=1e-6)
+
+
+def test_a_share_runs_to_the_horizon_so_that_the_generator_stays_in_step(make_policy):
+    """A share whose episodes all ended early still draws the noise of every step, as the whole batch does."""
+    env = make_batched("HopperRandParams", num_tasks=1, episodes_per_task=2)
+    policy = make_policy(env.observation_dim, env.action_dim, log_std=1.0)  # wild actions: Hopper falls early
+    tasks = _tasks("HopperRandParams", 2)
+    g, g_shard = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    plain = sample_episodes(env, policy, _params(policy), tasks[:1], generator=g, horizon=400)
+    assert plain.lengths.max() < 400  # every episode terminated early, so the plain call stopped there
+    shard = sample_episodes(env, policy, _params(policy), tasks[:1], generator=g_shard, horizon=400,
+                            task_rows=slice(0, 1), batch_tasks=1)
     for field in FIELDS:
-        joined = torch.cat([getattr(first, field), getattr(second, field)])
-        torch.testing.assert_close(getattr(whole, field), joined, msg=field, rtol=1e-5, atol=1e-6)
-    # and each task's noise is its own generator's: a different seed changes that task only
-    env = make_batched("Navigation2D", num_tasks=2, episodes_per_task=3)
-    a = sample_episodes(env, policy, shared, tasks[:2], generator=_generators([1, 2]), horizon=15)
-    b = sample_episodes(env, policy, shared, tasks[:2], generator=_generators([1, 3]), horizon=15)
-    assert torch.equal(a.actions[0], b.actions[0]) and not torch.equal(a.actions[1], b.actions[1])
+        assert torch.equal(getattr(plain, field), getattr(shard, field)), field
+    assert not torch.equal(g.get_state(), g_shard.get_state())  # ... but the share drew all 400 steps' noise
+    g_full = torch.Generator().manual_seed(0)
+    torch.randint(0, 2**31 - 1, (2,), generator=g_full)
+    for _ in range(400):
+        torch.randn((1, 2, env.action_dim), generator=g_full)
+    assert torch.equal(g_shard.get_state(), g_full.get_state())
 
 
-def test_per_task_generators_are_checked(make_policy):
+def test_shares_are_checked(make_policy):
     env = make_batched("Navigation2D", num_tasks=2, episodes_per_task=1)
     policy = make_policy(2, 2)
     tasks = _tasks("Navigation2D", 2)
-    with pytest.raises(ValueError, match="got 3 generators for 2 tasks"):
-        sample_episodes(env, policy, _params(policy), tasks, generator=_generators([0, 1, 2]))
-    with pytest.raises(TypeError, match="sequence of one per task"):
-        sample_episodes(env, policy, _params(policy), tasks, generator=[torch.Generator(), 3])
+    call = lambda **kw: sample_episodes(env, policy, _params(policy), tasks, generator=torch.Generator(), **kw)
+    with pytest.raises(ValueError, match="pass both"):
+        call(task_rows=slice(0, 2))
+    with pytest.raises(ValueError, match="does not hold the call's 2 tasks"):
+        call(task_rows=slice(0, 3), batch_tasks=5)
+    with pytest.raises(ValueError, match="does not hold"):
+        call(task_rows=slice(4, 6), batch_tasks=5)
+    with pytest.raises(ValueError, match="contiguous slice"):
+        call(task_rows=[0, 1], batch_tasks=5)

@@ -221,26 +221,26 @@ def test_per_task_params_equal_shared_params_when_identical():
         torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-5, atol=1e-6)
 
 
-def test_per_task_generators_make_each_tasks_trials_independent_of_the_others():
-    """Tasks 0..3 in one call equal tasks 0..1 and 2..3 in two calls (a 2-process split)."""
+def test_shares_of_a_batch_sample_what_the_whole_batch_call_samples():
+    """Tasks 0..3 in one call equal rows 0..1 and 2..3 in two calls (a 2-process split), call after call."""
     tasks = _tasks("Navigation2D", 4)
-    env4 = make_batched("Navigation2D", num_tasks=4, episodes_per_task=2)
-    policy = _gru(env4)
-    gens = lambda rows: [torch.Generator().manual_seed(11 + i) for i in rows]
+    policy = _gru(make_batched("Navigation2D", num_tasks=1, episodes_per_task=1))
 
     def run(rows):
-        env = make_batched("Navigation2D", num_tasks=len(rows), episodes_per_task=2)
-        return sample_trials(env, policy, _params(policy), [tasks[i] for i in rows], episodes_per_trial=2,
-                             generator=gens(rows), horizon=7)
+        g = torch.Generator().manual_seed(11)
+        env = make_batched("Navigation2D", num_tasks=len(range(4)[rows]), episodes_per_task=2)
+        shard = {} if rows == slice(None) else dict(task_rows=rows, batch_tasks=4)
+        return [sample_trials(env, policy, _params(policy), tasks[rows], episodes_per_trial=2, generator=g,
+                              horizon=7, **shard) for _ in range(2)]
 
-    whole, first, second = run([0, 1, 2, 3]), run([0, 1]), run([2, 3])
-    for field in FIELDS:
-        joined = torch.cat([getattr(first, field), getattr(second, field)])
-        torch.testing.assert_close(getattr(whole, field), joined, rtol=1e-5, atol=1e-6, msg=field)
-    with pytest.raises(ValueError, match="got 3 generators for 4 tasks"):
-        sample_trials(env4, policy, _params(policy), tasks, episodes_per_trial=2, generator=gens([0, 1, 2]))
-    with pytest.raises(TypeError, match="sequence of one per task"):
-        sample_trials(env4, policy, _params(policy), tasks, episodes_per_trial=2, generator=[1, 2, 3, 4])
+    for whole, first, second in zip(run(slice(None)), run(slice(0, 2)), run(slice(2, 4))):
+        for field in FIELDS:
+            joined = torch.cat([getattr(first, field), getattr(second, field)])
+            torch.testing.assert_close(getattr(whole, field), joined, rtol=1e-5, atol=1e-6, msg=field)
+    env = make_batched("Navigation2D", num_tasks=4, episodes_per_task=2)
+    with pytest.raises(ValueError, match="pass both"):
+        sample_trials(env, policy, _params(policy), tasks, episodes_per_trial=2, generator=torch.Generator(),
+                      batch_tasks=8)
 
 
 def test_log_probs_recomputed_over_the_trial_equal_the_sampled_ones():
