@@ -376,22 +376,20 @@ def test_every_sinusoid_recipe_on_two_processes_equals_one(tmp_path, recipes_on_
     assert_trees_close(a["model"], b["model"], rtol=1e-5, atol=1e-6)
 
 
-# ---- a meta-RL recipe (ProMP) under torchrun -------------------------------------------------------
+# ---- the meta-RL recipes under torchrun: 2 processes against 1 ------------------------------------
 
-PROMP_TINY = dict(env="Navigation2D", meta_batch=3, episodes=2, horizon=12, hidden=(8,), outer_steps=2,
-                  checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)  # 3 tasks: shares 2 + 1
-
-
-def _promp_torchrun(out, **kw):
+def _rl_torchrun(recipe, out, **kw):
+    """``torchrun --nproc-per-node 2 -m recipes.<recipe> --out-dir out ...`` as a user types it; its stdout."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.promp", "--out-dir",
-           str(out), *_flags(**{**PROMP_TINY, **kw})]
+    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", f"recipes.{recipe}", "--out-dir",
+           str(out), *_flags(**kw)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
-def _promp_run(out):
+def _rl_run(out):
+    """(checkpoint, logged rows without the wall-time columns) of a meta-RL run directory."""
     ckpt = load_checkpoint(out / "checkpoint.pt")
     with open(out / "metrics.csv") as f:
         header, *rows = [line.strip().split(",") for line in f]
@@ -399,115 +397,76 @@ def _promp_run(out):
     return ckpt, torch.tensor([[float(row[i]) for i in keep] for row in rows], dtype=torch.float64)
 
 
-def _assert_same_promp_run(a, b):
-    (ckpt_a, rows_a), (ckpt_b, rows_b) = a, b
+def _assert_same_rl_run(one, two, *, states=("policy",), rtol=1e-4, atol=1e-6):
+    """Same files, iteration, environment steps, state (parameters) and logged values."""
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    (ckpt_a, rows_a), (ckpt_b, rows_b) = _rl_run(one), _rl_run(two)
     assert ckpt_a["iteration"] == ckpt_b["iteration"] and ckpt_a["env_steps"] == ckpt_b["env_steps"]
-    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)
+    for state in states:
+        assert_trees_close(ckpt_a[state], ckpt_b[state], rtol=rtol, atol=atol)
+    torch.testing.assert_close(rows_a, rows_b, rtol=rtol, atol=atol)
 
 
-@pytest.fixture(scope="module")
-def promp_one_process(tmp_path_factory):
-    from recipes import promp
+def _one_and_two(recipe, tmp_path, iterations, config):
+    """The recipe run by 1 process (from Python) and by 2 (torchrun) into tmp_path/one and tmp_path/two."""
+    import importlib
 
-    out = tmp_path_factory.mktemp("promp_one_process")
-    promp.main(promp.Args(out_dir=str(out), iterations=4, **PROMP_TINY))
-    return out
+    module = importlib.import_module(f"recipes.{recipe}")
+    module.main(module.Args(out_dir=str(tmp_path / "one"), iterations=iterations, **config))
+    _rl_torchrun(recipe, tmp_path / "two", iterations=iterations, **config)
+    return tmp_path / "one", tmp_path / "two"
 
 
-def test_promp_under_torchrun_equals_one_process(tmp_path, promp_one_process):
+PROMP_TINY = dict(env="Navigation2D", meta_batch=3, episodes=2, horizon=12, hidden=(8,), outer_steps=2,
+                  checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)  # 3 tasks: shares 2 + 1
+
+
+def test_promp_under_torchrun_equals_one_process(tmp_path):
     """Each process samples, adapts and differentiates its share; gradients and statistics are averaged."""
-    _promp_torchrun(tmp_path, iterations=4)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in promp_one_process.iterdir())
-    _assert_same_promp_run(_promp_run(tmp_path), _promp_run(promp_one_process))
+    _assert_same_rl_run(*_one_and_two("promp", tmp_path, 4, PROMP_TINY))
 
 
-def test_promp_resumes_with_another_number_of_processes(tmp_path, promp_one_process):
+def test_promp_resumes_with_another_number_of_processes(tmp_path):
     from recipes import promp
 
-    promp.main(promp.Args(out_dir=str(tmp_path), iterations=2, **PROMP_TINY))  # 1 process to iteration 2 ...
-    stdout = _promp_torchrun(tmp_path, iterations=4)  # ... then 2 processes to 4
+    reference = tmp_path / "reference"
+    promp.main(promp.Args(out_dir=str(reference), iterations=4, **PROMP_TINY))
+    resumed = tmp_path / "resumed"
+    promp.main(promp.Args(out_dir=str(resumed), iterations=2, **PROMP_TINY))  # 1 process to iteration 2 ...
+    stdout = _rl_torchrun("promp", resumed, iterations=4, **PROMP_TINY)  # ... then 2 processes to 4
     assert stdout.count("resumed from") == 1
-    _assert_same_promp_run(_promp_run(tmp_path), _promp_run(promp_one_process))
+    _assert_same_rl_run(reference, resumed)
 
-
-# ---- GMPS under torchrun (the scripted navigation expert's demonstrations, collected by rank 0) ------
 
 GMPS_TINY = dict(env="Navigation2D", train_tasks=4, demo_episodes=2, meta_batch=3, episodes=2, horizon=12,
                  hidden=(8,), outer_steps=3, checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)
 
 
 def test_gmps_under_torchrun_equals_one_process(tmp_path):
-    from recipes import gmps
+    """The main process collects the demonstrations; the initialisation's and the rates' gradients are averaged."""
+    _assert_same_rl_run(*_one_and_two("gmps", tmp_path, 3, GMPS_TINY), states=("policy", "inner_lrs"))
 
-    one = tmp_path / "one"
-    gmps.main(gmps.Args(out_dir=str(one), iterations=3, **GMPS_TINY))
-    two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.gmps", "--out-dir", str(two),
-           "--iterations", "3", *_flags(**GMPS_TINY)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    (ckpt_a, rows_a), (ckpt_b, rows_b) = _promp_run(one), _promp_run(two)
-    assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
-    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
-    assert_trees_close(ckpt_a["inner_lrs"], ckpt_b["inner_lrs"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)
-
-
-# ---- MAML-TRPO under torchrun: TRPO's gradient, Fisher products and line search reduced -------------
 
 # cg_damping 0.1: with the default 1e-5 the Fisher matrix of this tiny problem (96 states, 44 parameters) is so
 # ill-conditioned that conjugate gradient amplifies float32 rounding (of the sums, grouped differently over 2
-# processes) into a 2% different step; damped, the runs agree to 1e-6 (and the 1-process run is itself stable)
+# processes) into a 2% different step; damped, the runs agree to 1e-5 (a missing reduction differs by 1e-2)
 TRPO_TINY = dict(env="Navigation2D", meta_batch=4, episodes=2, horizon=12, hidden=(8,), checkpoint_every=2,
                  eval_tasks=0, progress=False, tensorboard=False, cg_damping=0.1)
 
 
 @pytest.mark.parametrize("fisher_subsample", [1.0, 0.5, 0.25])  # 0.25: 1 task, all on rank 0 (rank 1 has none)
 def test_maml_trpo_under_torchrun_equals_one_process(tmp_path, fisher_subsample):
-    from recipes import maml_trpo
+    runs = _one_and_two("maml_trpo", tmp_path, 3, dict(TRPO_TINY, fisher_subsample=fisher_subsample))
+    _assert_same_rl_run(*runs, rtol=1e-3, atol=1e-5)
 
-    config = dict(TRPO_TINY, fisher_subsample=fisher_subsample)
-    one = tmp_path / "one"
-    maml_trpo.main(maml_trpo.Args(out_dir=str(one), iterations=3, **config))
-    two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.maml_trpo", "--out-dir",
-           str(two), "--iterations", "3", *_flags(**config)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    (ckpt_a, rows_a), (ckpt_b, rows_b) = _promp_run(one), _promp_run(two)
-    assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
-    # (CG still amplifies rounding a little: 1e-5 absolute, where a missing reduction differs by 1e-2 and more)
-    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-3, atol=1e-5)
-    torch.testing.assert_close(rows_a, rows_b, rtol=1e-3, atol=1e-5)
-
-
-# ---- RL² under torchrun: trials sampled per process, the baseline fitted on the gathered batch -----
 
 RL2_TINY = dict(env="Navigation2D", meta_batch=3, trials=2, episodes_per_trial=2, horizon=8, hidden=8, epochs=2,
                 max_grad_norm=0.5, checkpoint_every=2, eval_tasks=0, progress=False, tensorboard=False)
 
 
 def test_rl2_under_torchrun_equals_one_process(tmp_path):
-    from recipes import rl2
-
-    one = tmp_path / "one"
-    rl2.main(rl2.Args(out_dir=str(one), iterations=3, **RL2_TINY))
-    two = tmp_path / "two"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [str(TORCHRUN), "--standalone", f"--nproc-per-node={WORLD}", "-m", "recipes.rl2", "--out-dir", str(two),
-           "--iterations", "3", *_flags(**RL2_TINY)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
-    (ckpt_a, rows_a), (ckpt_b, rows_b) = _promp_run(one), _promp_run(two)
-    assert ckpt_a["iteration"] == ckpt_b["iteration"] == 3 and ckpt_a["env_steps"] == ckpt_b["env_steps"]
-    assert_trees_close(ckpt_a["policy"], ckpt_b["policy"], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(rows_a, rows_b, rtol=1e-4, atol=1e-6)
+    """Trials sampled per process, the baseline fitted on the gathered batch, PPO gradients averaged per step."""
+    _assert_same_rl_run(*_one_and_two("rl2", tmp_path, 3, RL2_TINY))
 
 
 # ---- few-shot classification in 2 spawned processes (MAML's and Reptile's task batches split) -------
