@@ -16,29 +16,46 @@ def _check_unit(name: str, value: float) -> float:
     return float(value)
 
 
-def _continues(mask: Tensor | None, like: Tensor) -> Tensor:
-    """(..., T) float: 1 where step t+1 exists and continues the episode of step t."""
+def _continues(mask: Tensor | None, like: Tensor, dones: Tensor | None = None) -> Tensor:
+    """(..., T) float: 1 where step t+1 exists and continues the episode of step t (no done at t)."""
     if mask is None:
         nxt = torch.ones_like(like)
     else:
         nxt = mask.to(like.dtype)
-    return torch.cat([nxt[..., 1:], torch.zeros_like(nxt[..., :1])], dim=-1)
+    continues = torch.cat([nxt[..., 1:], torch.zeros_like(nxt[..., :1])], dim=-1)
+    return continues if dones is None else continues * (~dones).to(like.dtype)
 
 
-def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = None) -> Tensor:
+def _check_dones(dones: Tensor | None, rewards: Tensor) -> Tensor | None:
+    if dones is None:
+        return None
+    if not isinstance(dones, Tensor) or dones.dtype != torch.bool:
+        kind = dones.dtype if isinstance(dones, Tensor) else type(dones).__name__
+        raise TypeError(f"dones must be a bool tensor (True at the last step of an episode), got {kind}")
+    if dones.shape != rewards.shape:
+        raise ValueError(f"dones must have the shape of rewards {tuple(rewards.shape)}, got {tuple(dones.shape)}")
+    return dones
+
+
+def discounted_returns(
+    rewards: Tensor, *, gamma: float, mask: Tensor | None = None, dones: Tensor | None = None
+) -> Tensor:
     r"""Computes the discounted rewards to go $G_t = \sum_{t' \ge t} \gamma^{t'-t} r_{t'}$.
 
-    Computed by the backward recursion $G_t = r_t + \gamma\, m_{t+1}\, G_{t+1}$ (with
-    $G_T = 0$), where $m$ is the mask, so the padding after the end of an episode contributes
-    nothing. Padded entries of the result are zero. This is a data-preparation function: the
-    result is detached.
+    Computed by the backward recursion $G_t = r_t + \gamma\, (1 - d_t)\, m_{t+1}\, G_{t+1}$
+    (with $G_T = 0$), where $m$ is the mask, so the padding after the end of an episode
+    contributes nothing, and $d$ the optional ``dones``, so that a row may hold several
+    consecutive episodes (an RL² trial): the sum stops at the last step of each. Padded entries
+    of the result are zero. This is a data-preparation function: the result is detached.
 
     Args:
         rewards: $r_t$, shape `(..., T)`.
         gamma: Discount $\gamma \in [0, 1]$.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
             Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
-            restart); put separate episodes in separate rows.
+            restart).
+        dones: Optional bool `(..., T)`, True at the last step of each episode that ends inside
+            a row (terminated or cut by a time limit); a row's last real step needs none.
 
     Returns:
         $G_t$, shape `(..., T)`, detached (zero on padding).
@@ -55,11 +72,17 @@ def discounted_returns(rewards: Tensor, *, gamma: float, mask: Tensor | None = N
         >>> discounted_returns(rewards, gamma=0.5, mask=mask)
         tensor([[1.7500, 1.5000, 1.0000],
                 [2.0000, 2.0000, 0.0000]])
+
+        Two episodes in one row, the first ending at step 1:
+
+        >>> discounted_returns(torch.ones(4), gamma=0.5, dones=torch.tensor([False, True, False, False]))
+        tensor([1.5000, 1.0000, 1.5000, 1.0000])
     """
     bool_mask = check_rollout("rewards", rewards, mask=mask, finite=("rewards",), right_padded=True)
     gamma = _check_unit("gamma", gamma)
+    dones = _check_dones(dones, rewards)
     rewards = apply_mask(rewards.detach(), bool_mask)
-    continues = _continues(bool_mask, rewards)
+    continues = _continues(bool_mask, rewards, dones)
     out = []
     running = torch.zeros_like(rewards[..., 0])
     for t in reversed(range(rewards.shape[-1])):
@@ -76,17 +99,21 @@ def gae(
     gae_lambda: float,
     mask: Tensor | None = None,
     last_values: Tensor | None = None,
+    dones: Tensor | None = None,
+    done_values: Tensor | None = None,
 ) -> Tensor:
     r"""Computes generalised advantage estimates $A_t^{\mathrm{GAE}(\gamma, \lambda)}$ with masks.
 
     $$\delta_t = r_t + \gamma\, V_{t+1}^{\text{next}} - V(s_t), \qquad
-      A_t = \delta_t + \gamma\lambda\, m_{t+1} A_{t+1},$$
+      A_t = \delta_t + \gamma\lambda\, (1 - d_t)\, m_{t+1} A_{t+1},$$
 
     where $V^{\text{next}}_{t+1} = V(s_{t+1})$ if step $t+1$ is real ($m_{t+1} = 1$) and
-    otherwise the bootstrap value ``last_values`` of the episode (zero by default: the episode
-    terminated; pass $V(s_T)$ for episodes truncated by a time limit). $\lambda = 1$ gives
-    $G_t - V(s_t)$, $\lambda = 0$ the one-step TD error. Padded entries are zero and the result
-    is detached.
+    continues the episode, and otherwise the bootstrap value of the episode that ends at $t$:
+    ``last_values`` for a row's last episode, ``done_values`` for one that ends inside the row
+    at a step marked by ``dones`` ($d_t = 1$; several consecutive episodes per row, e.g. an RL²
+    trial). Both default to zero (the episode terminated); pass $V(s_{t+1})$ of the final
+    observation for an episode cut by a time limit. $\lambda = 1$ gives $G_t - V(s_t)$,
+    $\lambda = 0$ the one-step TD error. Padded entries are zero and the result is detached.
 
     Args:
         rewards: $r_t$, shape `(..., T)`.
@@ -96,9 +123,14 @@ def gae(
         gae_lambda: $\lambda \in [0, 1]$.
         mask: Optional padding mask `(..., T)`, 1 for real steps and 0 for padding.
             Right padding: each row is one trajectory, `1...1 0...0` (it may end early, never
-            restart); put separate episodes in separate rows.
-        last_values: Optional bootstrap values, shape `(...)`, used after each episode's last
+            restart).
+        last_values: Optional bootstrap values, shape `(...)`, used after each row's last
             real step; zeros when omitted.
+        dones: Optional bool `(..., T)`, True at the last step of each episode that ends inside
+            a row (a row's last real step needs none).
+        done_values: Optional bootstrap values `(..., T)`, read at the ``dones`` steps: $V$ of
+            the final observation of an episode cut by a time limit, 0 for a terminated one
+            (zeros when omitted).
 
     Returns:
         $A_t$, shape `(..., T)`, detached (zero on padding).
@@ -116,6 +148,8 @@ def gae(
         tensor([2.5000, 1.5000, 0.5000])
         >>> gae(rewards, values, gamma=1.0, gae_lambda=0.0)  # TD errors
         tensor([1.0000, 1.0000, 0.5000])
+        >>> gae(rewards, values, gamma=1.0, gae_lambda=1.0, dones=torch.tensor([True, False, False]))
+        tensor([0.5000, 1.5000, 0.5000])
 
     References:
         Schulman et al., "High-Dimensional Continuous Control Using Generalized Advantage
@@ -138,9 +172,21 @@ def gae(
                 f"rewards), got {tuple(last_values.shape)}"
             )
         last_values = last_values.detach().to(rewards.dtype)
-    continues = _continues(bool_mask, rewards)
+    dones = _check_dones(dones, rewards)
+    bootstrap = last_values.unsqueeze(-1).expand_as(rewards)
+    if done_values is not None:
+        if dones is None:
+            raise ValueError("done_values needs dones (the steps where those episodes end)")
+        check_float("done_values", done_values)
+        if done_values.shape != rewards.shape:
+            raise ValueError(f"done_values must have the shape of rewards {tuple(rewards.shape)}, got "
+                             f"{tuple(done_values.shape)}")
+    if dones is not None:
+        at_done = torch.zeros_like(rewards) if done_values is None else done_values.detach().to(rewards.dtype)
+        bootstrap = torch.where(dones, at_done, bootstrap)
+    continues = _continues(bool_mask, rewards, dones)
     shifted = torch.cat([values[..., 1:], torch.zeros_like(values[..., :1])], dim=-1)
-    next_values = continues * shifted + (1 - continues) * last_values.unsqueeze(-1)
+    next_values = continues * shifted + (1 - continues) * bootstrap
     deltas = rewards + gamma * next_values - values
     out = []
     running = torch.zeros_like(rewards[..., 0])

@@ -203,3 +203,47 @@ def test_property_gae_with_unit_lambda_is_returns_minus_values(lengths, gamma, s
     # and the return at t = 0 is the discounted sum of the episode's rewards
     t = torch.arange(T, dtype=D)
     torch.testing.assert_close(ret[:, 0], (torch.where(mask, r, 0.0) * torch.tensor(gamma, dtype=D) ** t).sum(-1))
+
+
+# --- several episodes per row (dones) -----------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), gamma=st.sampled_from([0.0, 0.5, 0.99, 1.0]),
+       lam=st.sampled_from([0.0, 0.7, 1.0]))
+def test_dones_split_a_row_into_episodes_computed_one_by_one(seed, gamma, lam):
+    """A row with episodes ending at ``dones`` equals each episode alone, bootstrapped from its done value."""
+    g = torch.Generator().manual_seed(seed)
+    rows, T = 3, 9
+    rewards, values = torch.randn(rows, T, generator=g, dtype=D), torch.randn(rows, T, generator=g, dtype=D)
+    dones = torch.rand(rows, T, generator=g) < 0.3
+    done_values = torch.randn(rows, T, generator=g, dtype=D)
+    last_values = torch.randn(rows, generator=g, dtype=D)
+    lengths = torch.randint(1, T + 1, (rows,), generator=g)
+    mask = torch.arange(T) < lengths[:, None]
+    got = gae(rewards, values, gamma=gamma, gae_lambda=lam, mask=mask, last_values=last_values, dones=dones,
+              done_values=done_values)
+    got_returns = discounted_returns(rewards, gamma=gamma, mask=mask, dones=dones)
+    want, want_returns = torch.zeros_like(got), torch.zeros_like(got)
+    for r in range(rows):
+        start = 0
+        for t in range(int(lengths[r])):
+            last = t == int(lengths[r]) - 1
+            if dones[r, t] or last:  # the episode [start, t] alone, bootstrapped as documented
+                boot = done_values[r, t] if dones[r, t] else last_values[r]
+                piece = slice(start, t + 1)
+                want[r, piece] = gae(rewards[r, piece], values[r, piece], gamma=gamma, gae_lambda=lam,
+                                     last_values=boot)
+                want_returns[r, piece] = discounted_returns(rewards[r, piece], gamma=gamma)
+                start = t + 1
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got_returns, want_returns)
+
+
+def test_dones_are_checked():
+    r = torch.zeros(2, 3)
+    with pytest.raises(TypeError, match="bool tensor"):
+        gae(r, r, gamma=0.9, gae_lambda=1.0, dones=torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="shape of rewards"):
+        discounted_returns(r, gamma=0.9, dones=torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="done_values needs dones"):
+        gae(r, r, gamma=0.9, gae_lambda=1.0, done_values=r)
