@@ -37,28 +37,38 @@ class RunInterrupted(SystemExit):
         return f"interrupted: checkpoint at iteration {self.iteration}"
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_NAMES = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
 class _DeferredSigint:
-    """While installed, the first SIGINT only sets ``requested``; the next one raises as usual."""
+    """While installed, the first SIGINT or SIGTERM only sets ``requested``; the next one acts as usual.
+
+    SIGTERM is what ``torchrun`` sends its workers when it is interrupted, and what batch schedulers
+    (SLURM) send before killing a job: both get the same checkpoint-then-stop as Ctrl-C.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
         self._handler = self._handle  # one bound method, to recognise it in signal.getsignal
         self._installed = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread, which alone receives SIGINT
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is None:  # pragma: no cover - a handler installed from C cannot be restored
+            return  # signal handlers can only be set from the main thread, which alone receives signals
+        previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+        if any(handler is None for handler in previous.values()):  # pragma: no cover - set from C: not restorable
             return
-        self._previous = signal.signal(signal.SIGINT, self._handler)
+        self._previous = {sig: signal.signal(sig, self._handler) for sig in _SIGNALS}
         self._installed = True
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous)  # a second Ctrl-C stops at once
-        notice = "\nCtrl-C: stopping after this iteration's checkpoint (press Ctrl-C again to stop at once)\n"
+        for sig, handler in self._previous.items():  # a second signal stops at once
+            signal.signal(sig, handler)
+        name = _NAMES.get(signum, f"signal {signum}")
+        notice = f"\n{name}: stopping after this iteration's checkpoint (press Ctrl-C again to stop at once)\n"
         try:  # os.write, unbuffered: a buffered write could re-enter one that the signal interrupted
             fd = sys.stderr.fileno()
         except (OSError, ValueError, AttributeError):  # sys.stderr replaced, e.g. by a notebook or pytest
@@ -72,5 +82,6 @@ class _DeferredSigint:
         if not self._installed or threading.current_thread() is not threading.main_thread():
             return
         self._installed = False
-        if signal.getsignal(signal.SIGINT) == self._handler:  # not if already restored, or replaced since
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in self._previous.items():
+            if signal.getsignal(sig) == self._handler:  # not if already restored, or replaced since
+                signal.signal(sig, handler)

@@ -80,6 +80,8 @@ class RunLogger:
     second Ctrl-C raises ``KeyboardInterrupt`` at once, as usual; inside a
     ``with RunLogger(...)`` block it too ends in ``RunInterrupted``, naming the last
     checkpoint. Ctrl-C behaves as usual again after [close][metaops.experiment.RunLogger.close].
+    SIGTERM (what ``torchrun`` forwards and batch schedulers send before killing a job) is
+    handled exactly like Ctrl-C.
 
     **Many processes.** Under ``torch.distributed`` only the main process
     ([metaops.distributed.is_main_process][]) writes: on the others the logger creates no

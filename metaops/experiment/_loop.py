@@ -146,9 +146,9 @@ def meta_train(
     the out_dir need not be on a shared file system. Ctrl-C (SIGINT) that reaches some of
     the processes is agreed on at the next log row or checkpoint (one small ``all_reduce``
     every ``args.log_every`` iterations): all processes checkpoint and stop at the same
-    iteration instead of leaving others waiting. ``torchrun`` itself answers Ctrl-C by
-    terminating its workers (SIGTERM): they stop at once and the run resumes from the last
-    periodic checkpoint. The returned ``history`` is the main process's on every process.
+    iteration instead of leaving others waiting. ``torchrun`` passes its Ctrl-C (or SIGTERM) on
+    to every worker, which then checkpoint and stop together, as does a scheduler's SIGTERM. The
+    returned ``history`` is the main process's on every process.
 
     Args:
         args: The run's options (a [metaops.experiment.RunArgs][] subclass); all of its

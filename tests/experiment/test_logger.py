@@ -143,6 +143,24 @@ def test_deferred_ctrl_c_checkpoints_then_stops(tmp_path, capfd):
     assert logger.history()["step"] == [2.0]
 
 
+def test_sigterm_checkpoints_then_stops_like_ctrl_c(tmp_path, capfd):
+    """torchrun (when interrupted) and SLURM send SIGTERM: the same checkpoint-then-stop, handlers restored."""
+    _requires_main_thread()
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    with pytest.raises(RunInterrupted) as stopped, _logger(tmp_path, defer_interrupt=True) as logger:
+        signal.raise_signal(signal.SIGTERM)  # deferred: the process is not terminated
+        assert logger.interrupted
+        assert {sig: signal.getsignal(sig) for sig in before} == before  # a second signal acts at once
+        logger.log(3, {"loss": 1.0})
+        logger.stop_if_interrupted(3)
+        raise AssertionError("stop_if_interrupted returned after a SIGTERM")
+    assert stopped.value.code == 130 and stopped.value.iteration == 3
+    captured = capfd.readouterr()
+    assert "SIGTERM: stopping after this iteration" in captured.err
+    assert "interrupted: checkpoint at iteration 3" in captured.out
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
 def test_second_ctrl_c_stops_at_once_naming_the_last_checkpoint(tmp_path, capsys):
     _requires_main_thread()
     deferred = []
