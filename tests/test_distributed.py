@@ -524,3 +524,44 @@ def test_fewshot_on_two_processes_equals_one(tmp_path):
                                 key):
                 torch.testing.assert_close(a["model"][key], b["model"][key], rtol=1e-4, atol=1e-6,
                                            msg=f"{algorithm} {key}")
+
+
+# ---- probabilistic MAML in 2 spawned processes -----------------------------------------------------
+
+def _pmaml_args(out):
+    from recipes import probabilistic_maml
+
+    return probabilistic_maml.Args(out_dir=str(out), iterations=3, meta_batch=3, hidden=8, samples=4, eval_tasks=4,
+                                   val_tasks=2, log_every=1, eval_every=2, checkpoint_every=2, progress=False,
+                                   tensorboard=False)
+
+
+def _pmaml_worker(rank, out_dir):
+    from recipes import probabilistic_maml
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{out_dir}/store", rank=rank, world_size=WORLD)
+    results = {}
+    try:
+        results["metrics"] = probabilistic_maml.main(_pmaml_args(Path(out_dir) / "run"))
+    except Exception:  # noqa: BLE001 - reported by the test
+        results["error"] = traceback.format_exc()
+    torch.save(results, Path(out_dir) / f"rank{rank}.pt")
+    _finish()
+
+
+def test_probabilistic_maml_on_two_processes_equals_one(tmp_path):
+    from recipes import probabilistic_maml
+
+    want = probabilistic_maml.main(_pmaml_args(tmp_path / "one"))
+    two = tmp_path / "two"
+    two.mkdir()
+    mp.spawn(_pmaml_worker, args=(str(two),), nprocs=WORLD, join=True)
+    results = [torch.load(two / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    for r, result in enumerate(results):
+        assert "error" not in result, f"rank {r}:\n{result.get('error')}"
+        for key, value in want.items():
+            if "seconds" not in key:
+                assert result["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+    a, b = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(two / "run" / "checkpoint.pt")
+    assert_trees_close(a["model"], b["model"], rtol=1e-4, atol=1e-6)
