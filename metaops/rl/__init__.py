@@ -1,4 +1,5 @@
-"""RL building blocks for meta-gradients: returns, baselines, policies, critics, KL, TRPO, PPO.
+"""RL building blocks for meta-gradients: returns, baselines, policies, critics, KL, TRPO, PPO, SAC and
+PEARL's context encoder.
 
 Rollout tensors are shaped ``(..., T)`` with time last (observations ``(..., T, obs_dim)``), and
 ``mask`` is 1 on real steps and 0 on padding. The meta-gradient estimators themselves live in
@@ -12,6 +13,7 @@ from metaops.rl._baseline import (
     linear_baseline_features,
     predict_linear_baseline,
 )
+from metaops.rl._context import ContextEncoder, kl_to_standard_normal, product_of_gaussians
 from metaops.rl._critics import QCritic, ValueCritic
 from metaops.rl._kl import kl_hvp, mean_kl
 from metaops.rl._policies import (
@@ -98,4 +100,8 @@ __all__ = [
     "sac_loss",
     "Transitions",
     "ReplayBuffer",
+    # probabilistic context encoder (PEARL)
+    "product_of_gaussians",
+    "kl_to_standard_normal",
+    "ContextEncoder",
 ]

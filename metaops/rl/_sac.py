@@ -555,7 +555,10 @@ def sac_loss(
         noise: $\varepsilon$ for the actions at ``batch.obs``, shape `(..., B, act_dim)`.
         next_noise: $\varepsilon'$ for the actions at ``batch.next_obs``, same shape.
         gamma: Discount $\gamma$.
-        target_entropy: $\bar{\mathcal H}$; ``None`` uses $-\dim\mathcal A$ (``-noise.shape[-1]``).
+        target_entropy: $\bar{\mathcal H}$; ``None`` uses $-\dim\mathcal A + \sum_i \log h_i$, the usual
+            $-\dim\mathcal A$ of the unit box $[-1, 1]^d$ moved to the units of the actions (the
+            policy's log-density includes $-\sum_i \log h_i$ for a box of half-ranges $h$, e.g.
+            ``policy.action_scale``; $h = 1$ without bounds).
 
     Returns:
         ``(loss, aux)``: the scalar to **minimise** and detached diagnostics ``critic_loss``,
@@ -583,8 +586,10 @@ def sac_loss(
         raise ValueError(
             f"sac_loss: params must have keys 'policy', 'critic' and 'log_alpha'; missing {sorted(missing)}"
         )
-    if target_entropy is None:
-        target_entropy = -float(noise.shape[-1])
+    if target_entropy is None:  # SB3's -dim(A) in the unit box, moved into the units of the policy's log-density
+        scale = getattr(policy, "action_scale", None)
+        log_scale = 0.0 if scale is None else float(torch.log(scale).sum())
+        target_entropy = -float(noise.shape[-1]) + log_scale
     log_alpha = params["log_alpha"]
     target = sac_soft_target(policy, params["policy"], critic, target_critic_params, log_alpha, batch, next_noise,
                              gamma=gamma)

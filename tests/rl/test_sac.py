@@ -256,11 +256,12 @@ def test_losses_against_hand_computed_values(bounds):
     by_hand = -math.log(alpha) * (sum(log_probs_by_hand) / 2 - 1.0)
     assert temperature_loss.item() == pytest.approx(by_hand, rel=1e-12)
 
-    # sac_loss is their sum, with the default target entropy -act_dim = -1
+    # sac_loss is their sum, with the default target entropy -act_dim + log(half-range) = -1 + log(scale)
     params = {"policy": policy_params, "critic": online, "log_alpha": log_alpha}
     loss, aux = sac_loss(policy, critic, params, target_params, batch, torch.tensor(NOISE, dtype=D).unsqueeze(-1),
                          torch.tensor(NEXT_NOISE, dtype=D).unsqueeze(-1), gamma=gamma)
-    assert loss.item() == pytest.approx(critic_by_hand + sum(terms) / 2 + by_hand, rel=1e-12)
+    by_hand_default = -math.log(alpha) * (sum(log_probs_by_hand) / 2 - 1.0 + math.log(scale))
+    assert loss.item() == pytest.approx(critic_by_hand + sum(terms) / 2 + by_hand_default, rel=1e-12)
     assert aux["alpha"].item() == pytest.approx(alpha)
     assert aux["entropy"].item() == pytest.approx(-sum(log_probs_by_hand) / 2, rel=1e-12)
     q_mean = sum(q(s, a) for q in (q1, q2) for s, a in zip(BATCH["obs"], BATCH["actions"])) / 4
@@ -312,7 +313,8 @@ def test_sac_loss_gives_each_group_its_own_gradient():
                                                batch.obs, noise)[0])(params["policy"])
     _, log_probs = sac_actor_loss(policy, params["policy"], critic, params["critic"], params["log_alpha"],
                                   batch.obs, noise)
-    alpha_grad = grad(lambda a: sac_temperature_loss(a, log_probs, target_entropy=-2.0))(params["log_alpha"])
+    default_target = -2.0 + 2 * math.log(1.5)  # -act_dim + sum(log h), h = (1 - (-2)) / 2 in both dimensions
+    alpha_grad = grad(lambda a: sac_temperature_loss(a, log_probs, target_entropy=default_target))(params["log_alpha"])
     assert_trees_close(total, {"policy": actor_grad, "critic": critic_grad, "log_alpha": alpha_grad})
     assert all(bool(v.abs().sum() > 0) for v in total["critic"].values())  # not trivially zero
 
@@ -458,3 +460,37 @@ def test_functional_call_uses_the_given_parameters_not_the_modules():
     _, next_log_probs = policy.sample(dist, next_noise)
     expected = batch.rewards - 0.5 * (~batch.terminated) * params["log_alpha"].exp() * next_log_probs
     torch.testing.assert_close(y, expected.detach())
+
+
+def test_default_entropy_target_follows_the_action_units():
+    """-dim(A) in the unit box: the same policy mapped onto a box of half-ranges h gets the same temperature step.
+
+    In the box the log-density drops by sum(log h); a target of -dim(A) alone would push alpha the
+    other way for h = 0.1 (the bug of a unit-box target in action units).
+    """
+    torch.manual_seed(0)
+    unit = SquashedGaussianMLPPolicy(3, 2, hidden_sizes=(8,)).double()
+    boxed = SquashedGaussianMLPPolicy(3, 2, hidden_sizes=(8,), action_bounds=(-0.1, 0.1)).double()
+    boxed.load_state_dict(unit.state_dict())
+    critic = TwinQCritic(3, 2, hidden_sizes=(8,)).double()
+    g = _gen(3)
+    obs = _randn(g, 16, 3)
+    batch = Transitions(obs, torch.rand(16, 2, generator=g, dtype=D) * 0.2 - 0.1, _randn(g, 16), _randn(g, 16, 3),
+                        torch.zeros(16, dtype=torch.bool))
+    noise, next_noise = _randn(g, 16, 2), _randn(g, 16, 2)
+    grads = {}
+    for name, policy in (("unit", unit), ("boxed", boxed)):
+        params = {"policy": {k: v.detach() for k, v in policy.named_parameters()},
+                  "critic": {k: v.detach() for k, v in critic.named_parameters()},
+                  "log_alpha": torch.zeros((), dtype=D)}
+        loss = lambda a, policy=policy, params=params: sac_loss(  # noqa: E731
+            policy, critic, {**params, "log_alpha": a}, params["critic"], batch, noise, next_noise, gamma=0.99)[1][
+            "temperature_loss"]
+        grads[name] = grad(loss)(params["log_alpha"])
+    torch.testing.assert_close(grads["boxed"], grads["unit"])
+    # and the explicit unit-box target in the box's units gives a different (wrong-signed here) step
+    _, log_probs = sac_actor_loss(boxed, {k: v.detach() for k, v in boxed.named_parameters()}, critic,
+                                  {k: v.detach() for k, v in critic.named_parameters()}, torch.zeros((), dtype=D),
+                                  obs, noise)
+    naive = grad(lambda a: sac_temperature_loss(a, log_probs, target_entropy=-2.0))(torch.zeros((), dtype=D))
+    assert not torch.allclose(naive, grads["unit"])
