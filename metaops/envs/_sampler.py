@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -272,31 +273,39 @@ def sample_episodes(
     tasks = tuple(tasks)
     if len(tasks) != env.num_tasks:
         raise ValueError(f"env was built for {env.num_tasks} tasks, got {len(tasks)} tasks")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    shard = _check_shard(task_rows, batch_tasks, len(tasks))
+    shard = _check_randomness(generator, task_rows, batch_tasks, len(tasks))
     horizon = env.horizon if horizon is None else horizon
     if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
         raise ValueError(f"horizon must be a positive int, got {horizon!r}")
-    if policy_threads is not None and (
-        isinstance(policy_threads, bool) or not isinstance(policy_threads, int) or policy_threads < 1
-    ):
-        raise ValueError(f"policy_threads must be a positive int or None, got {policy_threads!r}")
     latent = _check_latent(latent, env.num_tasks, env.episodes_per_task)
-    previous_threads = torch.get_num_threads()
-    if policy_threads is not None:
-        torch.set_num_threads(policy_threads)
-    try:
+    with _policy_threads(policy_threads):
         return _sample(env, policy, dict(params), tasks, generator, horizon, latent, shard)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 _Shard = tuple[slice, int]  # (rows of the whole batch, tasks in the whole batch)
 
 
-def _check_shard(task_rows: slice | None, batch_tasks: int | None, num_tasks: int) -> _Shard | None:
-    """``(task_rows, batch_tasks)`` checked against the call's ``num_tasks``, or None for a whole batch."""
+@contextmanager
+def _policy_threads(policy_threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``policy_threads`` (checked) inside, restored after; None: untouched."""
+    if policy_threads is not None and (
+        isinstance(policy_threads, bool) or not isinstance(policy_threads, int) or policy_threads < 1
+    ):
+        raise ValueError(f"policy_threads must be a positive int or None, got {policy_threads!r}")
+    previous_threads = torch.get_num_threads()
+    if policy_threads is not None:
+        torch.set_num_threads(policy_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _check_randomness(generator: Any, task_rows: slice | None, batch_tasks: int | None,
+                      num_tasks: int) -> _Shard | None:
+    """The generator checked, and ``(task_rows, batch_tasks)`` against the call's ``num_tasks`` (None: whole batch)."""
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if task_rows is None and batch_tasks is None:
         return None
     if task_rows is None or batch_tasks is None:

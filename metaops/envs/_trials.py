@@ -16,7 +16,7 @@ from metaops.tree import tree_map
 
 from ._batched import BatchedEnv, EnvError
 from ._policy import RecurrentPolicy
-from ._sampler import _check_shard, _per_task, _reset_seeds, _sample_actions
+from ._sampler import _check_randomness, _per_task, _policy_threads, _reset_seeds, _sample_actions
 
 __all__ = ["TrialBatch", "sample_trials"]
 
@@ -203,24 +203,13 @@ def sample_trials(
         )
     if len(tasks) != env.num_tasks:
         raise ValueError(f"env was built for {env.num_tasks} tasks, got {len(tasks)} tasks")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    shard = _check_shard(task_rows, batch_tasks, len(tasks))
+    shard = _check_randomness(generator, task_rows, batch_tasks, len(tasks))
     horizon = env.horizon if horizon is None else horizon
     for name, value in (("horizon", horizon), ("episodes_per_trial", episodes_per_trial)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if policy_threads is not None and (
-        isinstance(policy_threads, bool) or not isinstance(policy_threads, int) or policy_threads < 1
-    ):
-        raise ValueError(f"policy_threads must be a positive int or None, got {policy_threads!r}")
-    previous_threads = torch.get_num_threads()
-    if policy_threads is not None:
-        torch.set_num_threads(policy_threads)
-    try:
+    with _policy_threads(policy_threads):
         return _sample_trials(env, policy, dict(params), tasks, generator, horizon, episodes_per_trial, shard)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _trial_error(env: BatchedEnv, tasks: tuple[Any, ...], env_index: int, message: str, *, episode: int,
