@@ -343,24 +343,35 @@ def main(args: Args) -> dict[str, float]:
         t1 = time.perf_counter()
 
         # 3. outer TRPO step on theta, through the inner step(s)
-        def surrogate_fn(theta):  # likelihood ratio of the adapted policies on post-update data, per real step
-            log_probs = per_task_log_probs(policy, adapt_all(theta, batches), post_obs, post_actions)
+        def surrogate_of(adapted_at_theta):  # likelihood ratio of the adapted policies on post-update data
+            log_probs = per_task_log_probs(policy, adapted_at_theta, post_obs, post_actions)
             objective = estimators.lvc_objective(log_probs, post_adv, sampling_log_probs=old_log_probs, mask=post_mask)
-            return (objective.sum(-1) / post_mask.sum((-2, -1))).mean()
+            return (objective.sum(-1) / post_mask.sum((-2, -1))).mean()  # per real step, mean over tasks
 
-        def kl_fn(theta, tasks=slice(None)):  # KL(adapted before the update || adapted at theta), post states
+        def kl_of(adapted_at_theta, tasks=slice(None)):  # KL(adapted before the update || at theta), post states
             take = lambda tree: mo.tree.tree_map(lambda x: x[tasks], tree)  # these tasks' rows
             kl = vmap(lambda old, new, o, m: rl.mean_kl(policy, old, new, o, mask=m))(
-                take(adapted), adapt_all(theta, take(batches)), post_obs[tasks], post_mask[tasks])
+                take(adapted), adapted_at_theta, post_obs[tasks], post_mask[tasks])
             return kl.mean()
 
+        surrogate_fn = lambda theta: surrogate_of(adapt_all(theta, batches))  # noqa: E731
+        kl_fn = lambda theta: kl_of(adapt_all(theta, batches))  # noqa: E731
+
+        def line_search_fn(theta):  # a line-search candidate adapts every task once for both values
+            adapted_at_theta = adapt_all(theta, batches)
+            return surrogate_of(adapted_at_theta), kl_of(adapted_at_theta)
+
         def fisher_kl_fn(theta):  # the KL on this process's part of the Fisher subsample (0 * theta without one)
-            return kl_fn(theta, my_fisher) if num_my_fisher else sum(0 * p.sum() for p in theta.values())
+            if not num_my_fisher:
+                return sum(0 * p.sum() for p in theta.values())
+            take = lambda tree: mo.tree.tree_map(lambda x: x[my_fisher], tree)  # noqa: E731
+            return kl_of(adapt_all(theta, take(batches)), my_fisher)
 
         new_theta, info = rl.trpo_step(  # every gradient, Fisher product and line-search value averaged over all tasks
             surrogate_fn, kl_fn, theta, max_kl=args.max_kl, damping=args.cg_damping, cg_steps=args.cg_steps,
             backtrack_ratio=args.backtrack_ratio, max_backtracks=args.max_backtracks,
-            fisher_kl_fn=None if args.fisher_subsample == 1 else fisher_kl_fn, reduce=mean_over_all_tasks,
+            fisher_kl_fn=None if args.fisher_subsample == 1 else fisher_kl_fn, line_search_fn=line_search_fn,
+            reduce=mean_over_all_tasks,
             fisher_reduce=lambda tree: mo.distributed.all_reduce_mean(tree, count=num_my_fisher, group=group))
         with torch.no_grad():
             for name, p in policy.named_parameters():

@@ -68,6 +68,7 @@ def trpo_step(
     backtrack_ratio: float = 0.8,
     max_backtracks: int = 15,
     fisher_kl_fn: Callable[[Params], Tensor] | None = None,
+    line_search_fn: Callable[[Params], tuple[Tensor, Tensor]] | None = None,
     reduce: Callable[[Any], Any] | None = None,
     fisher_reduce: Callable[[Any], Any] | None = None,
 ) -> tuple[Params, TRPOInfo]:
@@ -91,8 +92,11 @@ def trpo_step(
     backward pass per product instead of a forward, a backward and a double backward).
     ``fisher_kl_fn`` makes the products cheaper still: the KL on a subsample of the data
     (e.g. a quarter of the tasks, as rllab's ``subsample_factor``) defines $F$ while the line
-    search checks the full ``kl_fn``. The line search branches on values, so this function is
-    not meant for ``vmap`` (vmap *inside* ``surrogate_fn`` and ``kl_fn`` over tasks instead).
+    search checks the full ``kl_fn``. ``line_search_fn`` evaluates a candidate's surrogate and
+    KL in one call, so that the work they share (MAML-TRPO's inner adaptation of every task) is
+    done once per candidate instead of twice. The line search branches on values, so this
+    function is not meant for ``vmap`` (vmap *inside* ``surrogate_fn`` and ``kl_fn`` over tasks
+    instead).
 
     **Many processes.** With ``reduce``, each process's ``surrogate_fn`` and ``kl_fn`` cover its
     share of the data (e.g. its tasks) and ``reduce`` maps a pytree of this process's values to
@@ -119,6 +123,9 @@ def trpo_step(
         fisher_kl_fn: The KL whose Hessian defines the Fisher products (default ``kl_fn``),
             for instance ``kl_fn`` restricted to a subsample of tasks or states. It must be
             zero with a zero gradient at ``params``, as ``kl_fn`` is.
+        line_search_fn: ``theta -> (surrogate_fn(theta), kl_fn(theta))`` computed together
+            (default: the two functions, one after the other). It must return the same values
+            as the two functions; it is called without gradients.
         reduce: This process's values -> the whole batch's (see above); ``None``: one process.
         fisher_reduce: The same for ``fisher_kl_fn``'s products (default ``reduce``).
 
@@ -180,10 +187,18 @@ def trpo_step(
         scale = 0.0
     full_step = tree_scale(direction, scale)
 
+    if line_search_fn is None:
+        line_search_fn = lambda theta: (surrogate_fn(theta), kl_fn(theta))  # noqa: E731
     with torch.no_grad():
         for k in range(max_backtracks):
             candidate = tree_add(params, tree_scale(full_step, backtrack_ratio**k))
-            after, kl = (float(x) for x in reduce((surrogate_fn(candidate), kl_fn(candidate))))
+            values = line_search_fn(candidate)
+            if not (isinstance(values, tuple) and len(values) == 2
+                    and all(isinstance(v, Tensor) and v.dim() == 0 for v in values)):
+                got = (", ".join(f"a tensor of shape {tuple(v.shape)}" if isinstance(v, Tensor) else type(v).__name__
+                                 for v in values) if isinstance(values, tuple) else type(values).__name__)
+                raise ValueError(f"line_search_fn must return a tuple (surrogate, kl) of two scalar tensors, got {got}")
+            after, kl = (float(x) for x in reduce(values))
             improvement = after - before_value
             if math.isfinite(after) and math.isfinite(kl) and improvement > 0 and kl <= max_kl:
                 info = TRPOInfo(True, k, kl, improvement, before_value, after, full_step)

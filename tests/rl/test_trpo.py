@@ -244,3 +244,33 @@ def test_reduce_is_applied_to_the_gradient_every_fisher_product_and_the_line_sea
     trpo_step(surrogate_fn, kl_fn, params, damping=1e-3, reduce=doubled,
               fisher_reduce=lambda t: fisher_calls.append(t) or doubled(t), **kw)
     assert len(fisher_calls) == 3 * n + 1
+
+
+def test_line_search_fn_evaluates_the_candidates():
+    """The candidates' surrogate and KL come from ``line_search_fn`` when it is given, and nowhere else."""
+    policy, params, obs, actions, rewards, mask = _setup(hidden=(4,))
+    surrogate_fn, kl_fn = _maml_fns(policy, params, obs, actions, rewards, mask)
+    kw = dict(max_kl=0.005, damping=1e-3, max_backtracks=6)
+    want_new, want = trpo_step(surrogate_fn, kl_fn, params, **kw)
+    seen = []
+
+    def together(p):
+        seen.append(p)
+        return surrogate_fn(p), kl_fn(p)
+
+    new, info = trpo_step(surrogate_fn, kl_fn, params, line_search_fn=together, **kw)
+    assert want.accepted and info == want._replace(full_step=info.full_step)
+    assert len(seen) == want.backtracks + 1
+    torch.testing.assert_close(tree_ravel(new)[0], tree_ravel(want_new)[0], rtol=0, atol=0)
+    # a line search that sees a much larger KL rejects every candidate: the values are its own
+    _, rejected = trpo_step(surrogate_fn, kl_fn, params, line_search_fn=lambda p: (surrogate_fn(p), 1e6 * kl_fn(p)),
+                            **kw)
+    assert not rejected.accepted and rejected.backtracks == 6
+
+
+@pytest.mark.parametrize("bad", [lambda s, k: s, lambda s, k: (s, k, k), lambda s, k: (s, k.reshape(1))])
+def test_line_search_fn_must_return_two_scalars(bad):
+    policy, params, obs, actions, rewards, mask = _setup(hidden=(4,))
+    surrogate_fn, kl_fn = _maml_fns(policy, params, obs, actions, rewards, mask)
+    with pytest.raises(ValueError, match="line_search_fn must return a tuple"):
+        trpo_step(surrogate_fn, kl_fn, params, line_search_fn=lambda p: bad(surrogate_fn(p), kl_fn(p)))
