@@ -157,13 +157,14 @@ def validate(args: Args) -> None:
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, kind: str = "unbounded", init_std: float = 0.1,
                 min_std: float = 0.01) -> rl.GaussianMLPPolicy:
-    """The MAML paper's policy (``unbounded``) or the reference code's (``bounded``, std in half-ranges)."""
+    """The MAML paper's policy (``unbounded``) or the reference code's (``bounded``: ProMP's, std in half-ranges)."""
     if kind == "unbounded":
         return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.ReLU)
     bound = 10.0  # the reference code's normalised action space [-10, 10]: std init_std * 10 there
     return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.Tanh,
                                 init_log_std=math.log(init_std * bound), min_log_std=math.log(min_std * bound),
-                                action_bounds=(env.action_low, env.action_high), normalized_bound=bound)
+                                action_bounds=(env.action_low, env.action_high), normalized_bound=bound,
+                                weight_init="xavier")
 
 
 def inner_optimizer(policy: nn.Module, batch: tuple[Tensor, ...], *, lr: float,

@@ -156,11 +156,13 @@ def validate(args: Args) -> None:
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, init_std: float = 0.1,
                 min_std: float = 1e-7) -> rl.GaussianMLPPolicy:
-    """The reference code's policy: tanh MLP, mean squashed into the action bounds, std in half-ranges."""
+    """The reference code's policy: tanh MLP (Glorot-uniform weights, zero biases), mean squashed into the action
+    bounds, std in half-ranges."""
     bound = 10.0  # the reference code's normalised action space [-10, 10]: std init_std * 10 there
     return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.Tanh,
                                 init_log_std=math.log(init_std * bound), min_log_std=math.log(min_std * bound),
-                                action_bounds=(env.action_low, env.action_high), normalized_bound=bound)
+                                action_bounds=(env.action_low, env.action_high), normalized_bound=bound,
+                                weight_init="xavier")
 
 
 def process_episodes(batch: envs.EpisodeBatch, *, gamma: float, gae_lambda: float) -> tuple[Tensor, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -345,3 +346,26 @@ def test_check_inner_step_on_a_task_batch_names_the_bad_tasks():
     assert stats["kl"].shape == (4,) and "log_std_change" not in stats
     assert stats["kl"][2] > 5 and stats["kl"][[0, 1, 3]].abs().max() < 1e-6
     torch.testing.assert_close(stats["step_norm"], shifts * 2**0.5)
+
+
+def test_xavier_weight_init_is_glorot_uniform_with_zero_biases():
+    """Bounds and variance of Glorot-uniform, U(+-sqrt(6 / (n_in + n_out))): variance 2 / (n_in + n_out)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(300, 100, hidden_sizes=(500,), weight_init="xavier")
+    for layer, (n_in, n_out) in zip((policy.mean_net[0], policy.mean_net[2]), ((300, 500), (500, 100)), strict=True):
+        bound = math.sqrt(6 / (n_in + n_out))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.99 * bound
+        assert layer.weight.var().item() == pytest.approx(2 / (n_in + n_out), rel=0.02)
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+    # the default is untouched: PyTorch's nn.Linear initialisation, draw for draw
+    torch.manual_seed(1)
+    default = GaussianMLPPolicy(4, 2, hidden_sizes=(8,))
+    torch.manual_seed(1)
+    first, second = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    for mine, theirs in zip(default.mean_net[::2], (first, second), strict=True):
+        assert torch.equal(mine.weight, theirs.weight) and torch.equal(mine.bias, theirs.bias)
+
+
+def test_unknown_weight_init_is_rejected():
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        GaussianMLPPolicy(3, 2, weight_init="glorot")

@@ -201,5 +201,6 @@ def test_learns_on_navigation(tmp_path):
         stats["adaptation gain vs untrained"].append((trained[1] - trained[0]) - (untrained[1] - untrained[0]))
     summary = {name: (*mean_confidence_interval(torch.cat(v)), [round(g.mean().item(), 2) for g in v])
                for name, v in stats.items()}
+    print(summary)  # shown with -s: the figures quoted on the recipe's docs page
     for name, (mean, ci, per_seed) in summary.items():
         assert mean - ci > 0 and min(per_seed) > 0, (name, summary)
