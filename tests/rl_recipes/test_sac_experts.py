@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -117,8 +118,11 @@ def test_smoke_metrics_files_and_demonstrations(tmp_path, mode):
                  "demos/manifest.json", "demos/task_0002.npz"):
         assert (tmp_path / name).is_file(), name
     assert {f"expert_return_task_{i}" for i in range(3)} <= set(metrics)
-    # cost: 3 tasks x 4 episodes x 10 steps; one gradient step per env step after the 5 random ones
-    assert metrics["env_steps"] == 120 and metrics["gradient_steps"] == 4 * 10 - 5
+    # cost: 3 tasks x 4 episodes of up to 10 steps (a copy that reaches its goal stops: env_steps counts the real
+    # steps, the transitions stored); one gradient step per batch step after the 5 random ones
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert metrics["env_steps"] == int(ckpt["buffer"]["sizes"].sum()) == ckpt["env_steps"] <= 120
+    assert ckpt["batch_steps"] == 4 * 10 and metrics["gradient_steps"] == 4 * 10 - 5
     assert metrics["expert_updates"] == metrics["gradient_steps"] * (3 if mode == "per-task" else 1)
     rows = _rows(tmp_path)
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
@@ -162,6 +166,54 @@ def test_resume_is_exact(tmp_path, mode):
     assert {k: expected[k] for k in same} == {k: got[k] for k in same}
     da, db = envs.load_demonstrations(straight / "demos"), envs.load_demonstrations(resumed / "demos")
     assert torch.equal(da.actions, db.actions) and torch.equal(da.observations, db.observations)
+
+
+class _EndsEarly:
+    """A batched environment whose copy k also terminates at the ``stops[k]``-th step of every episode.
+
+    Its dynamics do not stop there: stepped on, a copy keeps moving, so a recipe that stored those steps would
+    store transitions that follow a terminal state.
+    """
+
+    def __init__(self, env: envs.BatchedEnv, stops: list[int]) -> None:
+        self.env, self.stops, self.t = env, np.asarray(stops), 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.env, name)
+
+    def reset(self, tasks, *, seeds):
+        self.t = 0
+        return self.env.reset(tasks, seeds=seeds)
+
+    def step(self, actions, active):
+        self.t += 1
+        result = self.env.step(actions, active)
+        return result._replace(terminated=result.terminated | ((self.t == self.stops) & active))
+
+
+@pytest.mark.parametrize("mode", ["per-task", "conditioned"])
+def test_no_transition_after_a_termination_is_stored(tmp_path, monkeypatch, mode):
+    """Copies that terminate at steps 2, 4 and 6: each stores its episode up to its terminal step, no further."""
+    stops = [2, 4, 6]
+    real = envs.make_batched
+    monkeypatch.setattr(envs, "make_batched", lambda *a, **kw: _EndsEarly(real(*a, **kw), stops))
+    metrics = sac_experts.main(replace(TINY, mode=mode, out_dir=str(tmp_path)))
+    buffer = load_checkpoint(tmp_path / "checkpoint.pt")["buffer"]
+    storage, iterations = buffer["storage"], TINY.iterations
+    assert buffer["sizes"].tolist() == [iterations * s for s in stops]  # (no wrap: the capacity is larger)
+    for k, stop in enumerate(stops):
+        size = iterations * stop
+        obs, next_obs = storage["obs"][k, :size], storage["next_obs"][k, :size]
+        terminated = storage["terminated"][k, :size]
+        starts = (obs == 0).all(-1)  # navigation starts every episode at the origin
+        assert terminated.tolist() == [(i + 1) % stop == 0 for i in range(size)], k  # the last of each episode
+        assert starts.tolist() == [i % stop == 0 for i in range(size)], k  # ... is followed by a new episode
+        follows = ~starts[1:]
+        assert torch.equal(next_obs[:-1][follows], obs[1:][follows])  # consecutive within an episode
+    # every counter counts real steps: 4 episodes of 2 + 4 + 6 steps; batch steps 6 per iteration, after 5 random
+    assert metrics["env_steps"] == iterations * sum(stops)
+    assert metrics["gradient_steps"] == iterations * max(stops) - TINY.learning_starts
+    assert [int(float(r["env_steps"])) for r in _rows(tmp_path)] == [sum(stops) * (i + 1) for i in range(iterations)]
 
 
 def test_resume_refuses_another_configuration(tmp_path):
