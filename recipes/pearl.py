@@ -11,7 +11,11 @@ then thousands of gradient steps, each on a meta-batch of tasks, vmapped over th
 meta-test, z comes from the prior for the exploration episodes and from the posterior of
 everything seen on the task since.
 
-Run ``python -m recipes.pearl --help`` for the options.
+Run ``python -m recipes.pearl --help`` for the options. Under ``torchrun`` every process holds the
+replay buffers of its share of the training tasks, samples its share of each collection batch, and
+computes the losses of the meta-batch tasks whose buffers it holds; the gradients and statistics of
+every step are averaged over all tasks (``metaops.distributed``), and the run equals one process's up
+to float rounding.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.distributed
 import tyro
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
@@ -144,6 +149,9 @@ RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "progress"
                "physics_threads", "eval_tasks", "eval_episodes", "exploration_episodes", "eval_seed", "batching")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
+STATS = ("loss/critic", "loss/actor", "z/variance", "q_target", "entropy", "kl")
+"""Per-task statistics of a gradient step, averaged over the meta-batch (the order of the reduction)."""
+
 FIELDS = ["return/prior", "return/posterior", "loss/critic", "loss/actor", "kl", "z/variance", "q_target", "entropy",
           "alpha", "env_steps", "grad_steps", "time/sample_s", "time/update_s", "time/ms_per_grad_step"]
 """CSV/TensorBoard columns, one row per iteration (see the docs page)."""
@@ -235,7 +243,15 @@ def main(args: Args) -> dict[str, float]:
     out = Path(args.out_dir)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    g = torch.Generator().manual_seed(args.seed)  # training tasks, task stream, reset seeds, all noise
+    g = torch.Generator().manual_seed(args.seed)  # training tasks, task stream, reset seeds, all noise (every process)
+    group = mo.distributed.init()  # under torchrun: the processes that share the training tasks; else None
+    main_process, world = mo.distributed.is_main_process(), mo.distributed.world_size(group)
+    if world > min(args.train_tasks, args.tasks_per_iteration) or 0 < args.eval_tasks < world:
+        raise ValueError(f"each of the {world} processes samples a share of the training tasks, of each "
+                         f"iteration's tasks and of the held-out tasks: need train_tasks, tasks_per_iteration and "
+                         f"eval_tasks (or eval_tasks=0) >= {world}, got {args.train_tasks}, "
+                         f"{args.tasks_per_iteration} and {args.eval_tasks}: raise them or use fewer processes")
+    owned = range(args.train_tasks)[mo.distributed.task_slice(args.train_tasks, group)]  # whose buffers it holds
     tasks_dist = envs.task_distribution(args.env)
     train_tasks = tasks_dist.sample_tasks(args.train_tasks, generator=g)
     envs_by_shape: dict[tuple[int, int], envs.BatchedEnv] = {}
@@ -246,9 +262,13 @@ def main(args: Args) -> dict[str, float]:
                 args.env, num_tasks=num_tasks, episodes_per_task=episodes, num_threads=args.physics_threads)
         return envs_by_shape[num_tasks, episodes]
 
-    probe = env_for(args.tasks_per_iteration, args.prior_episodes)
+    share = mo.distributed.task_slice(args.tasks_per_iteration, group)  # this process's rows of a collection
+    probe = env_for(share.stop - share.start, args.prior_episodes)
     obs_dim, act_dim, H, Z = probe.observation_dim, probe.action_dim, args.horizon, args.latent_dim
+    context_dim = obs_dim * (2 if args.use_next_obs else 1) + act_dim + 1  # [s, a, r(, s')]
     encoder, policy, critic = make_networks(probe, args)
+    for module in (encoder, policy, critic):
+        mo.distributed.broadcast_params(module, group=group)  # the same networks in every process
     actor = Actor(policy)
     log_alpha = torch.tensor(math.log(args.alpha), requires_grad=args.tune_alpha)
     # -dim(A) in the unit box; log-densities are in action units, so a box of half-range h shifts it by sum(log h)
@@ -258,24 +278,48 @@ def main(args: Args) -> dict[str, float]:
     target = mo.tree.stop_gradient({k: v.clone() for k, v in params["critic"].items()})
     leaves = [*encoder.parameters(), *policy.parameters(), *critic.parameters()] + ([log_alpha] * args.tune_alpha)
     optimizer = torch.optim.Adam(leaves, lr=args.lr)  # elementwise: one Adam per network, as in the reference
-    # per training task: the SAC replay buffer, and the encoder's buffer of recent prior-z data
-    sac_buffers = [rl.ReplayBuffer(1, args.buffer_capacity, obs_shape=obs_dim, act_shape=act_dim,
-                                   seed=args.seed * 1_000_003 + 2 * k) for k in range(args.train_tasks)]
+    # per training task this process holds: the SAC replay buffer, and the encoder's buffer of recent prior-z data
+    sac_buffers = {k: rl.ReplayBuffer(1, args.buffer_capacity, obs_shape=obs_dim, act_shape=act_dim,
+                                      seed=args.seed * 1_000_003 + 2 * k) for k in owned}
     enc_capacity = max(args.initial_episodes, args.prior_episodes) * H
-    enc_buffers = [rl.ReplayBuffer(1, enc_capacity, obs_shape=obs_dim, act_shape=act_dim,
-                                   seed=args.seed * 1_000_003 + 2 * k + 1) for k in range(args.train_tasks)]
+    enc_buffers = {k: rl.ReplayBuffer(1, enc_capacity, obs_shape=obs_dim, act_shape=act_dim,
+                                      seed=args.seed * 1_000_003 + 2 * k + 1) for k in owned}
 
-    def collect(task_ids: list[int], episodes: int, latent: Tensor, *, into_encoder: bool) -> envs.EpisodeBatch:
-        """Episodes on training tasks with z = latent `(task, episode, Z)`, stored in their buffers."""
-        batch = envs.sample_episodes(env_for(len(task_ids), episodes), actor,
+    def collect(task_ids: list[int], episodes: int, latent: Tensor, *, into_encoder: bool) -> tuple[Tensor, int]:
+        """Episodes on training tasks with z = latent `(task, episode, Z)`, stored in their buffers.
+
+        Each process samples its rows of the batch (its rows of the whole batch's random draws); the
+        rows are gathered, and the process holding a task's buffers stores its transitions. Returns
+        the episode returns of the whole batch `(task, episode)` and its number of real steps.
+        """
+        rows = mo.distributed.task_slice(len(task_ids), group)
+        batch = envs.sample_episodes(env_for(len(task_ids[rows]), episodes), actor,
                                      mo.tree.stop_gradient(dict(actor.named_parameters())),
-                                     [train_tasks[k] for k in task_ids], generator=g, horizon=H, latent=latent)
-        for k, steps in zip(task_ids, batch.transitions()):
-            fields = [steps[name].unsqueeze(0) for name in ("obs", "actions", "rewards", "next_obs", "terminated")]
-            sac_buffers[k].add(*fields)
-            if into_encoder:
-                enc_buffers[k].add(*fields)
-        return batch
+                                     [train_tasks[k] for k in task_ids[rows]], generator=g, horizon=H,
+                                     latent=latent[rows], task_rows=rows, batch_tasks=len(task_ids))
+        steps = mo.distributed.gather_tasks({  # every row of the batch, in every process (exact)
+            "obs": batch.observations, "actions": batch.actions, "rewards": batch.rewards,
+            "next_obs": batch.next_observations, "terminated": batch.terminated.float(), "mask": batch.mask,
+        }, len(task_ids), group)
+        for i, k in enumerate(task_ids):
+            if k in owned:  # its real steps, in episode then time order (EpisodeBatch.transitions)
+                real = steps["mask"][i] > 0
+                fields = [steps[name][i][real].unsqueeze(0) for name in ("obs", "actions", "rewards", "next_obs")]
+                fields.append(steps["terminated"][i][real].bool().unsqueeze(0))
+                sac_buffers[k].add(*fields)
+                if into_encoder:
+                    enc_buffers[k].add(*fields)
+        return (steps["rewards"] * steps["mask"]).sum(-1), int(steps["mask"].sum())
+
+    def from_owners(rows: Tensor) -> Tensor:
+        """A batch `(task, ...)` whose rows each process filled for its own tasks (zeros elsewhere), whole.
+
+        Each row comes from the one process that holds the task: the processes' batches are gathered
+        and summed, which adds only zeros to each row (exact).
+        """
+        if group is None:
+            return rows
+        return mo.distributed.gather_tasks(rows.unsqueeze(0), world, group).sum(0)  # one batch per process
 
     def sample_meta_batch(task_ids: list[int]) -> tuple[Tensor, rl.Transitions]:
         """Context `(M, context_batch, context_dim)` from the encoder buffers, SAC batch `(M, batch_size, ...)`."""
@@ -306,6 +350,12 @@ def main(args: Args) -> dict[str, float]:
     batched_terms = vmap(task_terms, in_dims=(None, None, 0, 0, 0, 0, 0))
 
     def meta_loss(params, target, context, batch, z_noise, noise, next_noise):
+        r"""This process's share of the meta-loss, and its tasks' mean statistics (``STATS``).
+
+        The meta-loss is $\frac1M\sum_k (L_k + \beta M\,\mathrm{KL}_k)$ over the $M$ tasks of the
+        meta-batch; a process holding $n$ of them returns the mean of those $n$ terms, so that the
+        average of the processes' gradients weighted by their $n$ is the meta-loss's gradient.
+        """
         if args.batching == "vmap":
             losses, kls, stats = batched_terms(params, target, context, batch, z_noise, noise, next_noise)
         else:  # the same numbers, one task at a time
@@ -313,70 +363,90 @@ def main(args: Args) -> dict[str, float]:
                                    next_noise[i]) for i in range(context.shape[0])]
             losses, kls = torch.stack([t[0] for t in per_task]), torch.stack([t[1] for t in per_task])
             stats = {k: torch.stack([t[2][k] for t in per_task]) for k in per_task[0][2]}
-        return losses.mean() + args.kl_weight * kls.sum(), kls, stats
+        share = context.shape[0] / args.meta_batch  # n / M: 1 in one process
+        loss = losses.mean() + args.kl_weight * kls.sum() / share
+        stats = {**{name: value.mean() for name, value in stats.items()}, "kl": kls.mean()}
+        return loss, {name: stats[name] for name in STATS}  # one order in every process
 
     # --- logging, checkpointing and exact resumption -------------------------------------------
     start, log_rows, env_steps, grad_steps = 0, 0, 0, 0
     ckpt_path = out / "checkpoint.pt"
-    if args.resume and ckpt_path.exists():
-        ckpt = load_run_checkpoint(ckpt_path, recipe="pearl", config=asdict(args), ignore=RUN_CONTROL,
-                                   iterations=args.iterations)
+    ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
+        lambda: load_run_checkpoint(ckpt_path, recipe="pearl", config=asdict(args), ignore=RUN_CONTROL,
+                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+        group=group)
+    if ckpt is not None:
         for module, name in ((encoder, "encoder"), (policy, "policy"), (critic, "critic")):
             module.load_state_dict(ckpt[name])
         with torch.no_grad():
             log_alpha.copy_(ckpt["log_alpha"])
         target = ckpt["target"]
         optimizer.load_state_dict(ckpt["optimizer"])
-        for buffer, state in zip(sac_buffers + enc_buffers, ckpt["sac_buffers"] + ckpt["enc_buffers"]):
-            load_buffer(buffer, state)
+        for k in owned:  # the checkpoint holds every task's buffers, whatever the number of processes
+            load_buffer(sac_buffers[k], ckpt["sac_buffers"][k])
+            load_buffer(enc_buffers[k], ckpt["enc_buffers"][k])
         g.set_state(ckpt["generator"])
         start, log_rows, env_steps, grad_steps = ckpt["iteration"], ckpt["log_rows"], ckpt["env_steps"], \
             ckpt["grad_steps"]
-        print(f"resumed from {ckpt_path} at iteration {start}")
-    save_json(out / "config.json", asdict(args))
+        if main_process:
+            print(f"resumed from {ckpt_path} at iteration {start}")
+    del ckpt  # (the other tasks' buffers)
+    if main_process:
+        save_json(out / "config.json", asdict(args))
     logger = RunLogger(out, fields=FIELDS, total=args.iterations, initial=start, rows=log_rows,
                        tensorboard=args.tensorboard, progress=args.progress, desc=f"pearl {args.env}",
                        defer_interrupt=True)  # Ctrl-C: checkpoint at the end of the iteration, then stop
 
     def checkpoint(iteration: int) -> None:
+        """Writes the run's state (main process); every process must call it, since it gathers the buffers."""
+        states = [(buffer_state(sac_buffers[k]), buffer_state(enc_buffers[k])) for k in owned]
+        if group is not None:  # every task's buffer states, in task order, on the main process
+            shares = [None] * world if main_process else None
+            torch.distributed.gather_object(states, shares, dst=0, group=group)
+            states = [state for share in shares for state in share] if main_process else []
+        if not main_process:
+            return
         save_checkpoint(ckpt_path, {
             "recipe": "pearl", "config": asdict(args), "iteration": iteration, "encoder": encoder.state_dict(),
             "policy": policy.state_dict(), "critic": critic.state_dict(), "log_alpha": log_alpha.detach(),
             "target": target, "optimizer": optimizer.state_dict(), "generator": g.get_state(),
-            "sac_buffers": [buffer_state(b) for b in sac_buffers],
-            "enc_buffers": [buffer_state(b) for b in enc_buffers],
+            "sac_buffers": [sac for sac, _ in states], "enc_buffers": [enc for _, enc in states],
             "log_rows": logger.rows, "env_steps": env_steps, "grad_steps": grad_steps,
         })
 
     # --- meta-training ---------------------------------------------------------------------------
     train_start = time.perf_counter()
     if start == 0:  # initial data on every training task, z from the prior (one z per episode)
-        everyone = list(range(args.train_tasks))
-        batch = collect(everyone, args.initial_episodes,
-                        torch.randn(args.train_tasks, args.initial_episodes, Z, generator=g), into_encoder=True)
-        env_steps += int(batch.mask.sum())
-        envs_by_shape.pop((args.train_tasks, args.initial_episodes)).close()
+        everyone = list(range(args.train_tasks))  # each process samples the tasks it holds
+        _, steps = collect(everyone, args.initial_episodes,
+                           torch.randn(args.train_tasks, args.initial_episodes, Z, generator=g), into_encoder=True)
+        env_steps += steps
+        envs_by_shape.pop((len(owned), args.initial_episodes)).close()
     for it in range(start, args.iterations):
         # 1. data: a few training tasks, z from the prior (both buffers), then from the posterior (SAC only)
         t0 = time.perf_counter()
         task_ids = torch.randint(args.train_tasks, (args.tasks_per_iteration,), generator=g).tolist()
         for k in task_ids:  # the encoder sees only recent prior-z data of the task, as in the reference
-            enc_buffers[k].position = enc_buffers[k].size = 0
+            if k in owned:
+                enc_buffers[k].position = enc_buffers[k].size = 0
         T = len(task_ids)
-        prior = collect(task_ids, args.prior_episodes, torch.randn(T, args.prior_episodes, Z, generator=g),
-                        into_encoder=True)
-        env_steps += int(prior.mask.sum())
+        prior_returns, steps = collect(task_ids, args.prior_episodes,
+                                       torch.randn(T, args.prior_episodes, Z, generator=g), into_encoder=True)
+        env_steps += steps
         posterior_return = float("nan")
         if args.posterior_episodes:
-            context = torch.cat([context_of(enc_buffers[k].sample(args.context_batch), args.use_next_obs)
-                                 for k in task_ids])
+            context = torch.zeros(T, args.context_batch, context_dim)
+            for i, k in enumerate(task_ids):
+                if k in owned:  # the process holding the task's encoder buffer draws its context batch
+                    context[i] = context_of(enc_buffers[k].sample(args.context_batch), args.use_next_obs)[0]
+            context = from_owners(context)
             with torch.no_grad():
                 mean, variance = encoder(context)
             z = mean.unsqueeze(1) + variance.sqrt().unsqueeze(1) * torch.randn(T, args.posterior_episodes, Z,
                                                                                 generator=g)
-            posterior = collect(task_ids, args.posterior_episodes, z, into_encoder=False)
-            env_steps += int(posterior.mask.sum())
-            posterior_return = posterior.returns.mean().item()
+            posterior_returns, steps = collect(task_ids, args.posterior_episodes, z, into_encoder=False)
+            env_steps += steps
+            posterior_return = posterior_returns.mean().item()
         sample_s = time.perf_counter() - t0
 
         # 2. gradient steps, each on a meta-batch of training tasks, vmapped over the tasks
@@ -384,20 +454,27 @@ def main(args: Args) -> dict[str, float]:
         totals: dict[str, Tensor] = {}
         for _ in range(args.grad_steps):
             meta_ids = torch.randint(args.train_tasks, (args.meta_batch,), generator=g).tolist()
-            context, batch = sample_meta_batch(meta_ids)
             noise = torch.randn(2, args.meta_batch, args.batch_size, act_dim, generator=g)
             z_noise = torch.randn(args.meta_batch, Z, generator=g)
-            loss, kls, stats = meta_loss(params, target, context, batch, z_noise, noise[0], noise[1])
-            optimizer.zero_grad()
-            loss.backward()
+            mine = [i for i, k in enumerate(meta_ids) if k in owned]  # the tasks whose buffers this process holds
+            if mine:
+                context, batch = sample_meta_batch([meta_ids[i] for i in mine])
+                loss, stats = meta_loss(params, target, context, batch, z_noise[mine], noise[0, mine], noise[1, mine])
+                grads = list(torch.autograd.grad(loss, leaves))
+            else:  # none of this step's tasks: the process only takes part in the reduction
+                grads, stats = [torch.zeros_like(leaf) for leaf in leaves], dict.fromkeys(STATS, torch.zeros(()))
+            # the means over the whole meta-batch: one all_reduce, weighted by each process's tasks (none alone)
+            grads, stats = mo.distributed.all_reduce_mean((grads, stats), count=len(mine), group=group)
+            for leaf, grad in zip(leaves, grads):
+                leaf.grad = grad
             optimizer.step()
-            target = rl.polyak_update(target, params["critic"], tau=args.tau)
-            for name, value in {**stats, "kl": kls}.items():
-                totals[name] = totals.get(name, 0.0) + value.mean()
+            target = rl.polyak_update(target, params["critic"], tau=args.tau)  # the same in every process
+            for name, value in stats.items():
+                totals[name] = totals.get(name, 0.0) + value
         grad_steps += args.grad_steps
         update_s = time.perf_counter() - t0
 
-        prior_return = prior.returns.mean().item()
+        prior_return = prior_returns.mean().item()
         logger.log(it + 1, {
             **{name: (value / args.grad_steps).item() for name, value in totals.items()},
             "return/prior": prior_return, "return/posterior": posterior_return, "alpha": log_alpha.exp().item(),
@@ -405,8 +482,11 @@ def main(args: Args) -> dict[str, float]:
             "time/ms_per_grad_step": 1000 * update_s / args.grad_steps,
         })
         logger.advance(1, prior=prior_return, posterior=posterior_return)
-        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or logger.interrupted:
+        stop = mo.distributed.any_process(logger.interrupted, group=group)  # all processes stop together
+        if (it + 1) % args.checkpoint_every == 0 or it + 1 == args.iterations or stop:
             checkpoint(it + 1)
+            if stop:
+                logger.request_stop()
             logger.stop_if_interrupted(it + 1)  # after Ctrl-C: "interrupted: checkpoint at iteration N"
     logger.close()  # also gives Ctrl-C back: it stops the evaluation below at once
     for env in envs_by_shape.values():
@@ -425,49 +505,57 @@ def main(args: Args) -> dict[str, float]:
         "train_seconds": train_seconds,
         "ms_per_grad_step_last10": mean_of(history["time/ms_per_grad_step"][last]),
     }
-    plot_learning_curve(out / "learning_curve.png", {
-        "z from the prior": (history["env_steps"], history["return/prior"]),
-        "z from the posterior": (history["env_steps"], history["return/posterior"]),
-    }, title=f"PEARL, {args.env} (training tasks)", xlabel="environment steps", ylabel="mean episode return",
-        log_y=False)
+    if main_process:  # (other processes of a distributed run write no files)
+        plot_learning_curve(out / "learning_curve.png", {
+            "z from the prior": (history["env_steps"], history["return/prior"]),
+            "z from the posterior": (history["env_steps"], history["return/posterior"]),
+        }, title=f"PEARL, {args.env} (training tasks)", xlabel="environment steps", ylabel="mean episode return",
+            log_y=False)
 
     # --- final evaluation: held-out tasks, exploration episodes, then posterior sampling ---------
-    if args.eval_tasks:
-        curve = evaluate(encoder, policy, args, num_tasks=args.eval_tasks, seed=args.eval_seed)
-        write_adaptation_evaluation(out, curve, title=f"PEARL, {args.env} (row k: episode k + 1 on the task; "
-                                                      f"posterior from episode {args.exploration_episodes + 1})")
+    if args.eval_tasks:  # each process samples its share of the held-out tasks; every process gets every return
+        curve = evaluate(encoder, policy, args, num_tasks=args.eval_tasks, seed=args.eval_seed, group=group)
+        if main_process:
+            write_adaptation_evaluation(out, curve, title=f"PEARL, {args.env} (row k: episode k + 1 on the task; "
+                                                          f"posterior from episode {args.exploration_episodes + 1})")
         metrics.update(paired_gains(curve, prefix="eval_"))  # paired: episode k + 1 against episode 1, same tasks
         metrics["eval_return_final"] = curve[-1].mean().item()
-    save_json(out / "metrics.json", metrics)
+    if main_process:
+        save_json(out / "metrics.json", metrics)
     logger.write(", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return metrics
 
 
 def evaluate(encoder: rl.ContextEncoder, policy: rl.SquashedGaussianMLPPolicy, args: Args, *, num_tasks: int,
-             seed: int) -> Tensor:
+             seed: int, group: torch.distributed.ProcessGroup | None = None) -> Tensor:
     """Return of episode k + 1 on each held-out task, `(eval_episodes, task)`.
 
     ``args`` must be resolved. The tasks (those of the other meta-RL recipes' held-out evaluation
     with the same seed), reset seeds, actions and z samples depend only on ``seed``. The first
     ``exploration_episodes`` episodes use one z from the prior per task and sampled actions (the
     data the encoder is trained on); every later one a z sampled from the posterior of all the
-    task's transitions so far and the mean action.
+    task's transitions so far and the mean action. With a process ``group`` each process samples
+    its share of the tasks (its rows of the whole batch's random draws) and every process gets
+    every task's returns; every process of the group must call it.
     """
     g = torch.Generator().manual_seed(seed)
     tasks = envs.task_distribution(args.env).sample_tasks(num_tasks, generator=g)
-    env = envs.make_batched(args.env, num_tasks=num_tasks, episodes_per_task=1, num_threads=args.physics_threads)
+    mine = mo.distributed.task_slice(num_tasks, group)  # this process's share (all tasks in one process)
+    env = envs.make_batched(args.env, num_tasks=len(tasks[mine]), episodes_per_task=1,
+                            num_threads=args.physics_threads)
     explore, exploit = Actor(policy), Actor(policy, deterministic=True)
     params = mo.tree.stop_gradient(dict(explore.named_parameters()))
-    z = torch.randn(num_tasks, args.latent_dim, generator=g)  # the prior's sample for the exploration episodes
+    z = torch.randn(num_tasks, args.latent_dim, generator=g)[mine]  # the prior's sample for the exploration episodes
     contexts, masks, returns = [], [], []
     try:
         for episode in range(args.eval_episodes):
             if episode >= args.exploration_episodes:  # the posterior of everything seen on the task so far
                 with torch.no_grad():
                     mean, variance = encoder(torch.cat(contexts, 1), mask=torch.cat(masks, 1))
-                z = mean + variance.sqrt() * torch.randn(num_tasks, args.latent_dim, generator=g)
+                z = mean + variance.sqrt() * torch.randn(num_tasks, args.latent_dim, generator=g)[mine]
             actor = explore if episode < args.exploration_episodes else exploit
-            batch = envs.sample_episodes(env, actor, params, tasks, generator=g, horizon=args.horizon, latent=z)
+            batch = envs.sample_episodes(env, actor, params, tasks[mine], generator=g, horizon=args.horizon, latent=z,
+                                         task_rows=mine, batch_tasks=num_tasks)
             steps = {"obs": batch.observations, "actions": batch.actions, "rewards": batch.rewards,
                      "next_obs": batch.next_observations}
             contexts.append(context_of({k: v.flatten(1, 2) for k, v in steps.items()}, args.use_next_obs))
@@ -475,7 +563,8 @@ def evaluate(encoder: rl.ContextEncoder, policy: rl.SquashedGaussianMLPPolicy, a
             returns.append(batch.returns[:, 0])
     finally:
         env.close()
-    return torch.stack(returns)
+    returns = mo.distributed.gather_tasks(torch.stack(returns, 1), num_tasks, group)  # (task, episode), every task
+    return returns.T.contiguous()
 
 
 if __name__ == "__main__":
