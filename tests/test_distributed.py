@@ -565,3 +565,23 @@ def test_probabilistic_maml_on_two_processes_equals_one(tmp_path):
                 assert result["metrics"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
     a, b = load_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_checkpoint(two / "run" / "checkpoint.pt")
     assert_trees_close(a["model"], b["model"], rtol=1e-4, atol=1e-6)
+
+
+def test_init_destroys_its_group_at_exit(monkeypatch):
+    """A group that init() creates is destroyed by an exit handler (gloo aborts a process that exits without)."""
+    from metaops.distributed import _setup
+
+    handlers, calls, state = [], [], {"initialized": False}
+    monkeypatch.setattr(_setup.atexit, "register", handlers.append)
+    monkeypatch.setattr(_setup.dist, "is_initialized", lambda: state["initialized"])
+    monkeypatch.setattr(_setup.dist, "init_process_group", lambda **kw: state.update(initialized=True))
+    monkeypatch.setattr(_setup.dist, "destroy_process_group", lambda: calls.append("destroy") or state.update(
+        initialized=False))
+    for name, value in dict(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500").items():
+        monkeypatch.setenv(name, value)
+    mo.distributed.init(backend="gloo")
+    assert handlers == [_setup._destroy_at_exit]
+    handlers[0]()
+    assert calls == ["destroy"]
+    handlers[0]()  # already destroyed (by the program or the handler): nothing more
+    assert calls == ["destroy"]

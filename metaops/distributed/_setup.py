@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -38,7 +39,9 @@ def init(*, backend: str | None = None, timeout: timedelta | None = None) -> Pro
     processes), which is what ``process_group=`` / ``group=`` arguments take. Without them it
     does nothing and returns ``None``, the "one process" value that every function of
     [metaops.distributed][] and [metaops.meta_value_and_grad][] accept, so that one script
-    runs both ways. If the group is already initialised, it is returned as it is.
+    runs both ways. If the group is already initialised, it is returned as it is. A group that
+    ``init`` created is destroyed when the interpreter exits (``atexit``), unless the program
+    destroyed it before.
 
     The backend is chosen by device: ``"gloo"`` without CUDA; with CUDA,
     ``"cpu:gloo,cuda:nccl"``, which reduces CPU tensors with gloo and CUDA tensors with NCCL,
@@ -70,7 +73,19 @@ def init(*, backend: str | None = None, timeout: timedelta | None = None) -> Pro
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     kwargs = {} if timeout is None else {"timeout": timeout}
     dist.init_process_group(backend=backend, **kwargs)
+    atexit.register(_destroy_at_exit)
     return dist.group.WORLD
+
+
+def _destroy_at_exit() -> None:
+    """Destroys the group while the interpreter is still whole (a no-op if the program already did).
+
+    Without it, gloo's worker threads can outlive the interpreter's teardown, and a process that
+    finishes while another still works (the main process evaluating, say) may abort with
+    "terminate called without an active exception" (pytorch/pytorch#190489), which fails the job.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank(group: ProcessGroup | None = None) -> int:
