@@ -349,10 +349,12 @@ def main(args: Args) -> dict[str, float]:
             objective = estimators.lvc_objective(log_probs, post_adv, sampling_log_probs=old_log_probs, mask=post_mask)
             return (objective.sum(-1) / post_mask.sum((-2, -1))).mean()  # per real step, mean over tasks
 
+        def rows(tree, tasks):  # these tasks' rows of a per-task tree
+            return mo.tree.tree_map(lambda x: x[tasks], tree)
+
         def kl_of(adapted_at_theta, tasks=slice(None)):  # KL(adapted before the update || at theta), post states
-            take = lambda tree: mo.tree.tree_map(lambda x: x[tasks], tree)  # these tasks' rows
             kl = vmap(lambda old, new, o, m: rl.mean_kl(policy, old, new, o, mask=m))(
-                take(adapted), adapted_at_theta, post_obs[tasks], post_mask[tasks])
+                rows(adapted, tasks), adapted_at_theta, post_obs[tasks], post_mask[tasks])
             return kl.mean()
 
         surrogate_fn = lambda theta: surrogate_of(adapt_all(theta, batches))  # noqa: E731
@@ -365,8 +367,7 @@ def main(args: Args) -> dict[str, float]:
         def fisher_kl_fn(theta):  # the KL on this process's part of the Fisher subsample (0 * theta without one)
             if not num_my_fisher:
                 return sum(0 * p.sum() for p in theta.values())
-            take = lambda tree: mo.tree.tree_map(lambda x: x[my_fisher], tree)  # noqa: E731
-            return kl_of(adapt_all(theta, take(batches)), my_fisher)
+            return kl_of(adapt_all(theta, rows(batches, my_fisher)), my_fisher)
 
         new_theta, info = rl.trpo_step(  # every gradient, Fisher product and line-search value averaged over all tasks
             surrogate_fn, kl_fn, theta, max_kl=args.max_kl, damping=args.cg_damping, cg_steps=args.cg_steps,
