@@ -178,19 +178,31 @@ def process_episodes(batch: envs.EpisodeBatch, *, gamma: float, gae_lambda: floa
 
 
 def make_inner_loss(policy: nn.Module):
-    r"""loss_fn(params, batch) of one task: minus the importance-weighted LVC objective per real step.
+    r"""``(loss_fn, loss_and_kl)`` of one task: the inner loss, alone and with the inner KL of the same forward pass.
 
-    $-\frac{1}{N}\sum_{e,t} \frac{\pi_\phi(a_t\mid s_t)}{\pi_{\text{sampling}}(a_t\mid s_t)} A_t$: at
+    ``loss_fn(params, batch)``: minus the importance-weighted LVC objective per real step,
+    $-\frac{1}{N}\sum_{e,t} \frac{\pi_\phi(a_t\mid s_t)}{\pi_{\text{sampling}}(a_t\mid s_t)} A_t$; at
     $\phi = \phi_{\text{sampling}}$ it equals the LVC objective in value and in every derivative.
+    ``loss_and_kl(params, (batch, old_dist))``: that loss and the mean KL from ``old_dist`` to
+    $\pi_\phi$ on the batch's states, both from one forward pass of the policy (the outer
+    objective needs both at every inner step: ``adapt(..., has_aux=True)``).
     """
 
-    def loss_fn(params, batch):
+    def lvc_loss(dist, batch):
         obs, actions, advantages, mask, sampling_log_probs = batch  # (episode, time, ...)
-        log_probs = policy.log_prob(functional_call(policy, params, (obs,)), actions)  # recomputed from params
+        log_probs = policy.log_prob(dist, actions)  # recomputed from params
         objective = estimators.lvc_objective(log_probs, advantages, sampling_log_probs=sampling_log_probs, mask=mask)
         return -objective.sum() / mask.sum()
 
-    return loss_fn
+    def loss_fn(params, batch):
+        return lvc_loss(functional_call(policy, params, (batch[0],)), batch)
+
+    def loss_and_kl(params, batch_and_old_dist):
+        batch, old_dist = batch_and_old_dist
+        dist = functional_call(policy, params, (batch[0],))
+        return lvc_loss(dist, batch), masked_mean(policy.kl(old_dist, dist), batch[3])
+
+    return loss_fn, loss_and_kl
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -221,7 +233,7 @@ def main(args: Args) -> dict[str, float]:
     half_range = torch.as_tensor((env.action_high - env.action_low) / 2, dtype=torch.float32)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=args.outer_lr)
     kl_coeffs = torch.full((args.inner_steps,), args.kl_coeff, dtype=torch.float64)  # one per inner step
-    loss_fn = make_inner_loss(policy)
+    loss_fn, loss_and_kl = make_inner_loss(policy)
 
     def sample(params, tasks) -> envs.EpisodeBatch:  # this process's rows of the whole batch's random draws:
         return envs.sample_episodes(env, policy, params, tasks, generator=g, horizon=args.horizon,  # any split of
@@ -241,10 +253,10 @@ def main(args: Args) -> dict[str, float]:
         sampling policy's action distributions on them (constants), post*: the same after K steps.
         """
         params, inner_kls = theta, []
-        for batch, old_dist in zip(pre, pre_old_dists):
-            obs, mask = batch[0], batch[3]
-            inner_kls.append(masked_mean(policy.kl(old_dist, functional_call(policy, params, (obs,))), mask))
-            params = inner_step(params, batch)  # phi_{k+1}(theta), re-computed from the current theta
+        for batch, old_dist in zip(pre, pre_old_dists):  # phi_{k+1}(theta), re-computed from the current theta,
+            params, kl = mo.inner.adapt(loss_and_kl, params, (batch, old_dist), mo.inner.sgd(args.inner_lr), steps=1,
+                                        has_aux=True)  # and the inner KL at phi_k, from the step's forward pass
+            inner_kls.append(kl[0])
         obs, actions, advantages, mask, old_log_probs = post
         dist = functional_call(policy, params, (obs,))
         log_probs = policy.log_prob(dist, actions)
@@ -403,7 +415,7 @@ def evaluate(policy: nn.Module, args: Args, *, num_tasks: int, steps: int, seed:
     ``args`` must be resolved (see ``resolve``). The tasks and episodes depend only on ``seed``: the
     meta-RL protocol of ``metaops.experiment.held_out_adaptation``, shared with MAML-TRPO and GMPS.
     """
-    loss_fn = make_inner_loss(policy)
+    loss_fn, _ = make_inner_loss(policy)
     return held_out_adaptation(
         policy, dict(policy.named_parameters()), env_name=args.env,
         adapt_step=lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(args.inner_lr), steps=1),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, overload
 
 import torch
 from torch import Tensor
@@ -14,8 +14,8 @@ from metaops.inner._base import InnerOptimizer
 from metaops.inner._modes import Checkpointed, FirstOrder, Implicit, Mode, check_mode
 from metaops.inner._partial import merge, split_by_pattern, with_frozen
 from metaops.inner._validate import all_finite, check_params, check_steps, under_transform, unreached_params
-from metaops.tree import stop_gradient
-from metaops.typing import LossFn, Params
+from metaops.tree import stop_gradient, tree_stack
+from metaops.typing import LossFn, Params, PyTree
 
 __all__ = ["adapt", "BatchNormUnderVmapError", "NonFiniteError"]
 
@@ -24,22 +24,33 @@ class NonFiniteError(FloatingPointError):
     """Raised when a loss or gradient becomes NaN or infinite during adaptation."""
 
 
-def checked_loss(loss_fn: LossFn, params: Params, batch: Any) -> Tensor:
-    """Calls ``loss_fn`` and checks that it returned a scalar tensor (private helper)."""
-    loss = loss_fn(params, batch)
+def checked_loss(loss_fn: LossFn, params: Params, batch: Any, *, has_aux: bool = False) -> Any:
+    """Calls ``loss_fn`` and checks that it returned a scalar tensor (private helper).
+
+    With ``has_aux`` it must return ``(loss, aux)``, and so does this.
+    """
+    out = loss_fn(params, batch)
+    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(
+            f"with has_aux=True, loss_fn must return a pair (loss, aux), got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, tuple) else "")
+        )
+    loss = out[0] if has_aux else out
     if not isinstance(loss, Tensor):
-        raise TypeError(f"loss_fn must return a scalar Tensor, got {type(loss).__name__}")
+        hint = "" if has_aux or not isinstance(out, tuple) else " (a tuple: pass has_aux=True for a (loss, aux) pair)"
+        raise TypeError(f"loss_fn must return a scalar Tensor, got {type(loss).__name__}{hint}")
     if loss.dim() != 0:
         raise ValueError(
             f"loss_fn must return a scalar (0-dim) loss, got shape {tuple(loss.shape)}; "
             "reduce it, e.g. with .mean()"
         )
-    return loss
+    return out
 
 
-def _loss_using_every_param(loss_fn: LossFn, params: Params, batch: Any) -> Tensor:
+def _loss_using_every_param(loss_fn: LossFn, params: Params, batch: Any, *, has_aux: bool = False) -> Any:
     """``checked_loss``, raising ``ValueError`` for params the loss does not depend on."""
-    loss = checked_loss(loss_fn, params, batch)
+    out = checked_loss(loss_fn, params, batch, has_aux=has_aux)
+    loss = out[0] if has_aux else out
     unused = unreached_params(loss, params)
     if unused:
         raise ValueError(
@@ -50,7 +61,7 @@ def _loss_using_every_param(loss_fn: LossFn, params: Params, batch: Any) -> Tens
             "metaops.nn.functional_call, which checks names and shapes), and leave parameters "
             "the loss does not use out of params."
         )
-    return loss
+    return out
 
 
 def _probably_finite(loss: Tensor, grads: Params) -> bool:
@@ -73,16 +84,24 @@ def unrolled_steps(
     *,
     check_finite: bool,
     first_order: bool = False,
+    aux_out: list | None = None,
 ) -> tuple[Params, Any]:
     """Runs ``steps`` differentiable optimizer steps (private; the plain unroll).
 
     With ``check_finite`` (outside transforms) the first step also checks that the loss
     depends on every parameter, and every step that the loss and gradients are finite.
+    With a list ``aux_out``, ``loss_fn`` returns ``(loss, aux)`` and each step's aux is appended.
     """
-    grad_fn = torch.func.grad_and_value(lambda p, b: checked_loss(loss_fn, p, b))
-    first_grad_fn = torch.func.grad_and_value(lambda p, b: _loss_using_every_param(loss_fn, p, b))
+    has_aux = aux_out is not None
+    grad_fn = torch.func.grad_and_value(lambda p, b: checked_loss(loss_fn, p, b, has_aux=has_aux), has_aux=has_aux)
+    first_grad_fn = torch.func.grad_and_value(
+        lambda p, b: _loss_using_every_param(loss_fn, p, b, has_aux=has_aux), has_aux=has_aux
+    )
     for k in range(steps):
         grads, loss = (first_grad_fn if check_finite and k == 0 else grad_fn)(params, batch)
+        if has_aux:
+            loss, aux = loss
+            aux_out.append(aux)
         if first_order:
             grads = stop_gradient(grads)
         if check_finite and not _probably_finite(loss, grads):  # one host sync per step
@@ -102,6 +121,7 @@ def unrolled_steps(
     return params, state
 
 
+@overload
 def adapt(
     loss_fn: LossFn,
     params: Params,
@@ -111,7 +131,35 @@ def adapt(
     steps: int,
     mode: Mode | None = None,
     only: str | Sequence[str] | None = None,
-) -> Params:
+    has_aux: Literal[False] = False,
+) -> Params: ...
+
+
+@overload
+def adapt(
+    loss_fn: Callable[[Params, Any], tuple[Tensor, PyTree]],
+    params: Params,
+    batch: Any,
+    optimizer: InnerOptimizer,
+    *,
+    steps: int,
+    mode: Mode | None = None,
+    only: str | Sequence[str] | None = None,
+    has_aux: Literal[True],
+) -> tuple[Params, PyTree]: ...
+
+
+def adapt(
+    loss_fn: Callable[[Params, Any], Any],
+    params: Params,
+    batch: Any,
+    optimizer: InnerOptimizer,
+    *,
+    steps: int,
+    mode: Mode | None = None,
+    only: str | Sequence[str] | None = None,
+    has_aux: bool = False,
+) -> Params | tuple[Params, PyTree]:
     r"""Adapts parameters to one task by ``steps`` inner-optimizer steps; returns the new params.
 
     $$\phi_0 = \theta, \qquad \phi_{k+1} = \mathrm{step}\big(\phi_k,
@@ -147,6 +195,13 @@ def adapt(
     differentiates the proximal problem in $\phi_A$ alone). The optimizer sees only the adapted
     parameters: Meta-SGD rates, say, are keyed by the adapted names.
 
+    **Auxiliary outputs.** With ``has_aux=True``, ``loss_fn`` returns ``(loss, aux)``, any
+    pytree of tensors computed in the same forward pass (an accuracy, or ProMP's inner KL
+    penalty at $\theta$, which needs the very forward that the first step differentiates),
+    and ``adapt`` returns ``(phi, aux)``: each leaf of ``aux`` stacks the ``steps`` values
+    along a new first dimension, ``aux[k]`` taken at $\phi_k$. They are differentiable in
+    ``params`` like $\phi$. The ``unrolled`` and ``first_order`` modes support it.
+
     Works for one task and under ``torch.func.vmap`` for a batch of tasks, under
     ``torch.func.grad`` and with plain ``.backward()``. Gradients are taken with
     ``torch.func.grad``, never ``torch.autograd.grad``. Outside ``torch.func`` transforms each
@@ -167,16 +222,21 @@ def adapt(
         only: Adapt only the parameters whose names match this glob pattern, or any of these
             patterns (e.g. ``"head.*"`` or ``["head.*", "body.2.*"]``); ``None`` (default)
             adapts all of them.
+        has_aux: ``loss_fn`` returns ``(loss, aux)``; return ``(phi, aux)`` with every step's
+            aux stacked (see above).
 
     Returns:
         The adapted parameters $\phi$, a new dict with the keys of ``params`` in their order
-        (the frozen ones are the very tensors of ``params``).
+        (the frozen ones are the very tensors of ``params``); with ``has_aux``, the pair
+        ``(phi, aux)``.
 
     Raises:
         TypeError: If ``params`` is not a dict of floating tensors, ``loss_fn`` does not
             return a tensor, ``mode`` is not a mode, or ``only`` is not a pattern or a
-            non-empty list of patterns.
-        ValueError: If ``steps < 1``, the loss is not a scalar, ``mode=implicit(...)`` is
+            non-empty list of patterns, or ``has_aux=True`` and ``loss_fn`` does not return
+            a pair.
+        ValueError: If ``steps < 1``, ``has_aux=True`` with the ``checkpointed`` or
+            ``implicit`` mode, the loss is not a scalar, ``mode=implicit(...)`` is
             combined with optimizer hyperparameters that need a meta-gradient, or (outside
             transforms, except in ``implicit`` mode) the loss does not depend on some of
             ``params``, e.g. names that ``functional_call`` ignored; the message names them.
@@ -212,6 +272,15 @@ def adapt(
         >>> loss_fn(phi, batch).backward()
         >>> model.body.weight.grad is not None
         True
+
+        An auxiliary output of each step's forward pass, here the support residual:
+
+        >>> loss_and_residual = lambda p, b: (((b[0] * p["w"] - b[1]) ** 2).mean(), (b[0] * p["w"] - b[1]).mean())
+        >>> theta = {"w": torch.tensor(0.0)}
+        >>> batch = (torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0]))
+        >>> phi, residual = adapt(loss_and_residual, theta, batch, sgd(0.1), steps=2, has_aux=True)
+        >>> residual  # at phi_0 = 0 and at phi_1 = 1
+        tensor([-3.0000, -1.5000])
     """
     check_params(params)
     check_steps(steps)
@@ -221,13 +290,22 @@ def adapt(
             f"optimizer must be a metaops.inner.InnerOptimizer (e.g. sgd(0.01)), got "
             f"{type(optimizer).__name__}"
         )
+    if not isinstance(has_aux, bool):
+        raise TypeError(f"has_aux must be a bool, got {type(has_aux).__name__}")
+    if has_aux and isinstance(mode, (Checkpointed, Implicit)):
+        raise ValueError(
+            f"adapt: has_aux=True is supported in the unrolled and first_order modes, not in "
+            f"{type(mode).__name__.lower()}(); compute the auxiliary output from the adapted params instead"
+        )
     adapted, frozen = split_by_pattern(params, only)
+    aux: list | None = [] if has_aux else None
     with batch_norm_context(refuse_batch_statistics=not isinstance(mode, FirstOrder)):
-        phi = _run(loss_fn, adapted, batch, optimizer, steps, mode, frozen, list(params))
-    return merge(phi, frozen, list(params)) if frozen else phi
+        phi = _run(loss_fn, adapted, batch, optimizer, steps, mode, frozen, list(params), aux)
+    phi = merge(phi, frozen, list(params)) if frozen else phi
+    return (phi, tree_stack(aux)) if has_aux else phi
 
 
-def _run(loss_fn, params, batch, optimizer, steps, mode, frozen, names):
+def _run(loss_fn, params, batch, optimizer, steps, mode, frozen, names, aux_out=None):
     if isinstance(mode, Checkpointed):
         from metaops.inner._checkpointed import checkpointed_loop
 
@@ -241,7 +319,7 @@ def _run(loss_fn, params, batch, optimizer, steps, mode, frozen, names):
     state = optimizer.init(params)
     params, _ = unrolled_steps(
         with_frozen(loss_fn, frozen, names), params, batch, optimizer, state, optimizer.hyperparams, steps,
-        check_finite=not under_transform(), first_order=isinstance(mode, FirstOrder),
+        check_finite=not under_transform(), first_order=isinstance(mode, FirstOrder), aux_out=aux_out,
     )
     return params
 

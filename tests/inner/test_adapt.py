@@ -188,3 +188,87 @@ def test_adapt_does_not_mutate_inputs():
     before = {k: v.clone() for k, v in theta.items()}
     adapt(loss_fn, theta, index_task(support, 0), sgd(0.3), steps=2)
     assert_trees_close(theta, before, rtol=0, atol=0)
+
+
+# --- has_aux: an output of each step's own forward pass ----------------------------------------
+
+
+def _with_aux(model):
+    """loss_fn returning (loss, aux): aux = (mean prediction, {"l1": mean |residual|}) of the same forward."""
+
+    def loss_and_aux(params, batch):
+        x, y = batch
+        prediction = torch.func.functional_call(model, params, (x,))
+        loss = ((prediction - y) ** 2).mean()  # loss_fn's value, from this forward
+        return loss, (prediction.mean(), {"l1": (prediction - y).abs().mean()})
+
+    def aux_fn(params, batch):  # the same aux, computed on its own
+        x, y = batch
+        prediction = torch.func.functional_call(model, params, (x,))
+        return prediction.mean(), (prediction - y).abs().mean()
+
+    return loss_and_aux, aux_fn
+
+
+@pytest.mark.parametrize("mode", [None, first_order()], ids=["unrolled", "first_order"])
+def test_has_aux_returns_each_steps_aux_and_the_same_params(mode):
+    model, loss_fn, theta, support, _ = toy_regression(num_tasks=1)
+    s = index_task(support, 0)
+    loss_and_aux, aux_fn = _with_aux(model)
+    phi, (mean, extra) = adapt(loss_and_aux, theta, s, sgd(0.3), steps=3, mode=mode, has_aux=True)
+    assert_trees_close(phi, adapt(loss_fn, theta, s, sgd(0.3), steps=3, mode=mode), rtol=0, atol=0)
+    assert mean.shape == (3,) and extra["l1"].shape == (3,)
+    for k in range(3):  # aux[k] is taken at phi_k, the params before step k + 1
+        phi_k = theta if k == 0 else adapt(loss_fn, theta, s, sgd(0.3), steps=k, mode=mode)
+        expected_mean, expected_l1 = aux_fn(phi_k, s)
+        torch.testing.assert_close(mean[k], expected_mean)
+        torch.testing.assert_close(extra["l1"][k], expected_l1)
+
+
+def test_has_aux_is_differentiable_in_params_at_every_order():
+    model, loss_fn, theta, support, query = toy_regression(num_tasks=1)
+    s, q = index_task(support, 0), index_task(query, 0)
+    loss_and_aux, aux_fn = _with_aux(model)
+
+    def meta_loss(weight):  # query loss after 2 steps plus the mean prediction at phi_0 and phi_1
+        params = dict(theta, **{"0.weight": weight})
+        phi, (mean, _) = adapt(loss_and_aux, params, s, sgd(0.3), steps=2, has_aux=True)
+        return loss_fn(phi, q) + mean.sum()
+
+    def independent(weight):  # the same from aux_fn and separate adapt calls
+        params = dict(theta, **{"0.weight": weight})
+        phi_1 = adapt(loss_fn, params, s, sgd(0.3), steps=1)
+        phi_2 = adapt(loss_fn, params, s, sgd(0.3), steps=2)
+        return loss_fn(phi_2, q) + aux_fn(params, s)[0] + aux_fn(phi_1, s)[0]
+
+    w = theta["0.weight"].clone().requires_grad_()
+    assert torch.autograd.gradcheck(meta_loss, (w,))
+    assert torch.autograd.gradgradcheck(meta_loss, (w,))
+    torch.testing.assert_close(torch.func.grad(meta_loss)(w), torch.func.grad(independent)(w))
+
+
+def test_has_aux_under_vmap_equals_loop_and_with_only():
+    model, loss_fn, theta, support, _ = toy_regression(num_tasks=3)
+    loss_and_aux, _ = _with_aux(model)
+
+    def task(th, s):
+        phi, (mean, extra) = adapt(loss_and_aux, th, s, sgd(0.3), steps=2, only="2.*", has_aux=True)
+        return phi["2.weight"].sum() + mean.sum() + extra["l1"].sum()
+
+    batched = grad(lambda th: vmap(task, in_dims=(None, 0))(th, support).sum())(theta)
+    looped = grad(lambda th: sum(task(th, index_task(support, i)) for i in range(3)))(theta)
+    assert_trees_close(batched, looped)
+
+
+def test_has_aux_errors():
+    model, loss_fn, theta, support, _ = toy_regression(num_tasks=1)
+    s = index_task(support, 0)
+    loss_and_aux, _ = _with_aux(model)
+    with pytest.raises(TypeError, match=r"must return a pair \(loss, aux\)"):
+        adapt(loss_fn, theta, s, sgd(0.3), steps=1, has_aux=True)
+    with pytest.raises(TypeError, match="pass has_aux=True"):
+        adapt(loss_and_aux, theta, s, sgd(0.3), steps=1)
+    with pytest.raises(ValueError, match="has_aux=True is supported in the unrolled and first_order modes"):
+        adapt(loss_and_aux, theta, s, sgd(0.3), steps=1, mode=checkpointed(), has_aux=True)
+    with pytest.raises(TypeError, match="has_aux must be a bool"):
+        adapt(loss_and_aux, theta, s, sgd(0.3), steps=1, has_aux=1)

@@ -138,7 +138,7 @@ def test_inner_step_equals_lvc_at_the_sampling_policy():
     policy, theta, obs, actions, advantages, mask = _tiny_task()
     log_probs = lambda p: policy.log_prob(torch.func.functional_call(policy, p, (obs,)), actions)
     sampling_log_probs = log_probs(theta).detach()
-    promp_loss = promp.make_inner_loss(policy)
+    promp_loss = promp.make_inner_loss(policy)[0]
     lvc_loss = lambda p, b: -estimators.lvc_objective(log_probs(p), advantages, mask=mask).sum() / mask.sum()
     batch = (obs, actions, advantages, mask, sampling_log_probs)
     torch.testing.assert_close(promp_loss(theta, batch), lvc_loss(theta, batch))
@@ -161,13 +161,41 @@ def test_inner_step_is_importance_weighted_away_from_the_sampling_policy():
     sampling_log_probs = log_probs(theta).detach()
     moved = {k: v + 0.05 * torch.randn_like(v) for k, v in theta.items()}
     batch = (obs, actions, advantages, mask, sampling_log_probs)
-    grads = torch.func.grad(promp.make_inner_loss(policy))(moved, batch)
+    grads = torch.func.grad(promp.make_inner_loss(policy)[0])(moved, batch)
     ratio = (log_probs(moved) - sampling_log_probs).exp().detach()
     expected = torch.func.grad(lambda p: -(ratio * log_probs(p) * advantages * mask).sum() / mask.sum())(moved)
     on_policy = torch.func.grad(lambda p: -(log_probs(p) * advantages * mask).sum() / mask.sum())(moved)
     for name in theta:
         torch.testing.assert_close(grads[name], expected[name])
     assert any(not torch.allclose(grads[k], on_policy[k]) for k in theta)  # the weights matter
+
+
+def test_inner_step_with_kl_equals_the_step_and_the_kl_computed_apart():
+    """loss_and_kl shares one forward pass between the inner step and the inner KL: same values, same meta-gradient."""
+    policy, theta, obs, _, advantages, mask = _tiny_task()
+    moved = {k: v + 0.05 * torch.randn_like(v) for k, v in theta.items()}
+    with torch.no_grad():
+        old_dist = torch.func.functional_call(policy, moved, (obs,))  # the sampling policy's distributions
+    actions = old_dist[0] + old_dist[1].exp() * torch.randn_like(old_dist[0])  # sampled by it
+    log_probs = lambda p: policy.log_prob(torch.func.functional_call(policy, p, (obs,)), actions)
+    batch = (obs, actions, advantages, mask, log_probs(moved).detach())
+    loss_fn, loss_and_kl = promp.make_inner_loss(policy)
+
+    def fused(th):
+        phi, kl = mo.inner.adapt(loss_and_kl, th, (batch, old_dist), mo.inner.sgd(0.5), steps=1, has_aux=True)
+        return -(log_probs(phi) * advantages.flip(-1) * mask).sum() + 3.0 * kl[0]
+
+    def apart(th):  # the KL on its own forward pass, a closed form of two diagonal Gaussians, and the plain step
+        mean, log_std = torch.func.functional_call(policy, th, (obs,))  # (mean, log-std) in action units
+        std, old_mean, old_std = log_std.exp(), old_dist[0], old_dist[1].exp()
+        kl = (torch.log(std / old_std) + (old_std**2 + (old_mean - mean) ** 2) / (2 * std**2) - 0.5).sum(-1)
+        phi = mo.inner.adapt(loss_fn, th, batch, mo.inner.sgd(0.5), steps=1)
+        return -(log_probs(phi) * advantages.flip(-1) * mask).sum() + 3.0 * (kl * mask).sum() / mask.sum()
+
+    torch.testing.assert_close(fused(theta), apart(theta))
+    g_fused, g_apart = torch.func.grad(fused)(theta), torch.func.grad(apart)(theta)
+    for name in theta:
+        torch.testing.assert_close(g_fused[name], g_apart[name])
 
 
 # --- learning ------------------------------------------------------------------------------------
