@@ -4,7 +4,10 @@ Inside ``torch.func`` transforms (``grad``, ``vmap``, ..., so inside [metaops.in
 a batch-norm layer in training mode normalises with the batch statistics and leaves its
 running buffers untouched: torch cannot update a captured buffer in place there (it raises
 "During a grad ... in-place operation ... captured Tensor"), so this turns an error into the
-behaviour MAML code expects. Outside transforms, and while compiling, nothing changes.
+behaviour MAML code expects. The same holds while a metaops batch of tasks runs
+(``batch_norm_context``: [metaops.meta_value_and_grad][], [metaops.map_tasks][]), so that
+their per-task loop, which runs outside transforms, leaves the buffers as the vmapped
+strategies do. Elsewhere outside transforms, and while compiling, nothing changes.
 
 Second-order gradients through batch statistics are wrong under ``vmap`` in torch (see the
 known-traps guide); while a second-order inner loop runs under ``vmap`` batch norm with batch
@@ -57,7 +60,7 @@ def _under_vmap() -> bool:
 
 def _forward(self, input):
     if (self.training and self.track_running_stats and not torch.compiler.is_compiling()
-            and _in_transform()):
+            and (_in_transform() or getattr(_local, "depth", 0) > 0)):
         # batch statistics, running buffers and num_batches_tracked left as they are
         self._check_input_dim(input)
         return F.batch_norm(input, None, None, self.weight, self.bias, True, 0.0, self.eps)

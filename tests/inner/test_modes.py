@@ -230,9 +230,13 @@ def test_plain_batchnorm_meta_value_and_grad_every_strategy_agrees():
     def task_loss(th, xs, ys):
         return loss_fn(adapt(loss_fn, th, (xs, ys), sgd(0.1), steps=1), (xs, ys))
 
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
     _, looped = mo.meta_value_and_grad(task_loss, theta, x, y, strategy="loop")
     _, auto = mo.meta_value_and_grad(task_loss, theta, x, y)  # vmap refused -> exact loop
     assert_trees_close(auto, looped)
+    mo.map_tasks(lambda xs, ys: loss_fn(theta, (xs, ys)), strategy="loop")(x, y)
+    for k, v in model.named_buffers():  # every strategy leaves the running statistics, as vmap must
+        assert torch.equal(v, buffers[k]), k
     _, fo_vmap = mo.meta_value_and_grad(
         lambda th, xs, ys: loss_fn(adapt(loss_fn, th, (xs, ys), sgd(0.1), steps=1, mode=first_order()), (xs, ys)),
         theta, x, y, strategy="vmap")
