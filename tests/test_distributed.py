@@ -5,6 +5,7 @@ what it computed to a file; the tests compare those with the same computation in
 recipe tests launch ``torchrun`` as a user would.
 """
 
+import importlib
 import json
 import math
 import os
@@ -409,12 +410,22 @@ def _assert_same_rl_run(one, two, *, states=("policy",), rtol=1e-4, atol=1e-6):
 
 def _one_and_two(recipe, tmp_path, iterations, config):
     """The recipe run by 1 process (from Python) and by 2 (torchrun) into tmp_path/one and tmp_path/two."""
-    import importlib
-
     module = importlib.import_module(f"recipes.{recipe}")
     module.main(module.Args(out_dir=str(tmp_path / "one"), iterations=iterations, **config))
     _rl_torchrun(recipe, tmp_path / "two", iterations=iterations, **config)
     return tmp_path / "one", tmp_path / "two"
+
+
+def _reference_and_resumed(recipe, tmp_path, iterations, config, *, switch_at):
+    """tmp_path/reference: 1 process to ``iterations``; tmp_path/resumed: 1 process to ``switch_at``, then its
+    checkpoint resumed by 2 (torchrun) to ``iterations``, which must print "resumed from" once (main process)."""
+    module = importlib.import_module(f"recipes.{recipe}")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    module.main(module.Args(out_dir=str(reference), iterations=iterations, **config))
+    module.main(module.Args(out_dir=str(resumed), iterations=switch_at, **config))
+    stdout = _rl_torchrun(recipe, resumed, iterations=iterations, **config)
+    assert stdout.count("resumed from") == 1
+    return reference, resumed
 
 
 PROMP_TINY = dict(env="Navigation2D", meta_batch=3, episodes=2, horizon=12, hidden=(8,), outer_steps=2,
@@ -427,15 +438,7 @@ def test_promp_under_torchrun_equals_one_process(tmp_path):
 
 
 def test_promp_resumes_with_another_number_of_processes(tmp_path):
-    from recipes import promp
-
-    reference = tmp_path / "reference"
-    promp.main(promp.Args(out_dir=str(reference), iterations=4, **PROMP_TINY))
-    resumed = tmp_path / "resumed"
-    promp.main(promp.Args(out_dir=str(resumed), iterations=2, **PROMP_TINY))  # 1 process to iteration 2 ...
-    stdout = _rl_torchrun("promp", resumed, iterations=4, **PROMP_TINY)  # ... then 2 processes to 4
-    assert stdout.count("resumed from") == 1
-    _assert_same_rl_run(reference, resumed)
+    _assert_same_rl_run(*_reference_and_resumed("promp", tmp_path, 4, PROMP_TINY, switch_at=2))
 
 
 GMPS_TINY = dict(env="Navigation2D", train_tasks=4, demo_episodes=2, meta_batch=3, episodes=2, horizon=12,

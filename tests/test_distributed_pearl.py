@@ -11,7 +11,7 @@ import pytest
 
 from metaops.experiment import load_checkpoint
 from tests._helpers import assert_trees_close
-from tests.test_distributed import _assert_same_rl_run, _one_and_two, _rl_torchrun
+from tests.test_distributed import _assert_same_rl_run, _one_and_two, _reference_and_resumed
 
 PEARL_TINY = dict(env="Navigation2D", train_tasks=5, horizon=6, hidden=16, encoder_hidden=16, layers=2, batch_size=8,
                   context_batch=8, meta_batch=3, grad_steps=3, initial_episodes=2, tasks_per_iteration=3,
@@ -44,12 +44,7 @@ def test_pearl_under_torchrun_equals_one_process(tmp_path):
 def test_pearl_resumes_with_another_number_of_processes(tmp_path):
     from recipes import pearl
 
-    reference = tmp_path / "reference"
-    pearl.main(pearl.Args(out_dir=str(reference), iterations=3, **PEARL_TINY))
-    resumed = tmp_path / "resumed"
-    pearl.main(pearl.Args(out_dir=str(resumed), iterations=2, **PEARL_TINY))  # 1 process to iteration 2 ...
-    stdout = _rl_torchrun("pearl", resumed, iterations=3, **PEARL_TINY)  # ... then 2 processes to 3
-    assert stdout.count("resumed from") == 1  # the main process alone prints
+    reference, resumed = _reference_and_resumed("pearl", tmp_path, 3, PEARL_TINY, switch_at=2)
     _assert_same_pearl_run(reference, resumed)
     # and back: the 2 processes' checkpoint (the buffers gathered from both) resumed by 1 process
     pearl.main(pearl.Args(out_dir=str(resumed), iterations=4, **PEARL_TINY))

@@ -18,7 +18,7 @@ from metaops import envs
 from metaops.experiment import load_checkpoint
 from tests._helpers import assert_trees_close
 from tests.rl_recipes.test_sac_experts import _EndsEarly
-from tests.test_distributed import WORLD, _assert_same_rl_run, _finish, _one_and_two, _rl_torchrun
+from tests.test_distributed import WORLD, _assert_same_rl_run, _finish, _one_and_two, _reference_and_resumed
 
 SAC_TINY = dict(env="Navigation2D", train_tasks=3, horizon=10, hidden=(8,), batch_size=6, learning_starts=5,
                 demo_episodes=2, eval_episodes=2, checkpoint_every=2, progress=False, tensorboard=False)
@@ -57,14 +57,7 @@ def test_sac_experts_under_torchrun_equals_one_process(tmp_path, mode):
 
 
 def test_sac_experts_resumes_a_one_process_checkpoint_on_two_processes(tmp_path):
-    from recipes import sac_experts
-
-    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    sac_experts.main(sac_experts.Args(out_dir=str(reference), iterations=4, **SAC_TINY))
-    sac_experts.main(sac_experts.Args(out_dir=str(resumed), iterations=2, **SAC_TINY))  # 1 process to 2 ...
-    stdout = _rl_torchrun("sac_experts", resumed, iterations=4, **SAC_TINY)  # ... then 2 processes to 4
-    assert stdout.count("resumed from") == 1  # only the main process prints
-    _assert_same_experts(reference, resumed)
+    _assert_same_experts(*_reference_and_resumed("sac_experts", tmp_path, 4, SAC_TINY, switch_at=2))
 
 
 # ---- episodes that end early: the tasks' buffers fill unevenly, on either side of the split ----------------
