@@ -62,14 +62,14 @@ def mean_ci(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(len(x)))
 
 
-def phase_seconds(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Per iteration: environment steps, seconds of all phases, and every logged column."""
+def logged_rows(run: Path) -> tuple[list[dict[str, str]], np.ndarray, np.ndarray]:
+    """The rows of ``metrics.csv``, and per iteration its environment steps and the seconds of all phases."""
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     timed = [c for c in rows[0] if c.startswith("time/") and c.endswith("_s")]
     steps = np.array([float(r["env_steps"]) for r in rows])
     seconds = np.array([sum(float(r[c]) for c in timed) for r in rows])
-    return steps, seconds, np.array(rows), list(rows[0])
+    return rows, steps, seconds
 
 
 def main() -> None:
@@ -93,12 +93,12 @@ def main() -> None:
         kind = family(metrics)
         returns = per_task_returns(run)
         before, after = returns[0], returns[1] if kind == "gradient" else returns[-1]
-        steps, seconds, rows, columns = phase_seconds(run)
+        rows, steps, seconds = logged_rows(run)
         extra = f" ({metrics['grad_steps']:,.0f} gradient steps)" if kind == "pearl" else ""
         b, b_ci = mean_ci(before)
         f, f_ci = mean_ci(after)
         d, d_ci = mean_ci(after - before)
-        column = CURVE_COLUMN[kind] if CURVE_COLUMN[kind] in columns else "return/pre"  # GMPS: pre-update only
+        column = CURVE_COLUMN[kind] if CURVE_COLUMN[kind] in rows[0] else "return/pre"  # GMPS: pre-update only
         curve = moving_mean(np.array([float(r[column]) for r in rows]))
         curves[label] = (steps, curve)
         budget_cells = "".join(f" {curve[steps <= budget][-1]:.1f} |" if steps[-1] >= budget and (steps <= budget).any()
