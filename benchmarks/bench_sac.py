@@ -22,7 +22,8 @@ Two commands:
 
 Usage:
     python benchmarks/bench_sac.py timing [--repeats 5] [--threads 1 2] [--updates 1000]
-    python benchmarks/bench_sac.py train --impl metaops --seed 0 --steps 30000 --out runs/sac.jsonl
+    python benchmarks/bench_sac.py train --impl metaops --seed 0 --steps 100000 --eval-at 25000 50000 75000 \
+        --out runs/sac.jsonl
     python benchmarks/bench_sac.py summary runs/sac.jsonl
 """
 
@@ -182,28 +183,37 @@ def timing(args: argparse.Namespace) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
+    """Train one implementation and seed; evaluate at every milestone of `--eval-at` and at `--steps`.
+
+    Each evaluation appends one JSON line to `--out` as soon as it is done, so a stopped run keeps
+    the milestones it reached.
+    """
     torch.set_num_threads(args.threads)
-    start = time.perf_counter()
+    milestones = sorted({m for m in args.eval_at if 0 < m < args.steps} | {args.steps})
     if args.impl == "metaops":
         agent = MetaopsSAC(gym.make(ENV), seed=args.seed)
-        agent.learn(args.steps)
-        train_returns = agent.returns
+        learn = agent.learn
+        train_returns = lambda: list(agent.returns)
         evaluate = lambda env: agent.evaluate(env, args.eval_episodes, seed=10_000 + args.seed)
     else:
         model = make_sb3(gym.make(ENV), seed=args.seed)
-        model.learn(args.steps)
-        train_returns = [float(r) for r in model.env.envs[0].get_episode_rewards()]
+        learn = lambda steps: model.learn(steps, reset_num_timesteps=False)
+        train_returns = lambda: [float(r) for r in model.env.envs[0].get_episode_rewards()]
         evaluate = lambda env: sb3_evaluate(model, env, args.eval_episodes, seed=10_000 + args.seed)
-    train_s = time.perf_counter() - start
-    eval_returns = evaluate(gym.make(ENV))
-    record = {"impl": args.impl, "seed": args.seed, "steps": args.steps, "threads": args.threads,
-              "train_s": round(train_s, 1), "eval_mean": float(np.mean(eval_returns)), "eval_returns": eval_returns,
-              "train_returns": train_returns}
-    print(json.dumps({k: v for k, v in record.items() if k != "train_returns"}))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    train_s, done = 0.0, 0
+    for milestone in milestones:
+        start = time.perf_counter()
+        learn(milestone - done)
+        train_s, done = train_s + time.perf_counter() - start, milestone
+        eval_returns = evaluate(gym.make(ENV))
+        record = {"impl": args.impl, "seed": args.seed, "steps": milestone, "threads": args.threads,
+                  "train_s": round(train_s, 1), "eval_mean": float(np.mean(eval_returns)),
+                  "eval_returns": eval_returns, "train_returns": train_returns()}
+        print(json.dumps({k: v for k, v in record.items() if k != "train_returns"}), flush=True)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
 
 def summary(args: argparse.Namespace) -> None:
@@ -235,6 +245,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-episodes", type=int, default=5)
+    p.add_argument("--eval-at", type=int, nargs="*", default=[],
+                   help="also evaluate (and append a line) after these many environment steps")
     p.add_argument("--out", type=str, default="")
     p.set_defaults(fn=train)
     p = sub.add_parser("summary")
