@@ -119,7 +119,7 @@ RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "progress"
                "physics_threads", "eval_tasks", "eval_steps", "eval_seed")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
-FIELDS = ["return/pre", "return/expert", "bc/before", "bc/after", "inner/kl", "inner/lr_mean", "policy/std",
+FIELDS = ["return/pre", "return/demos", "bc/before", "bc/after", "inner/kl", "inner/lr_mean", "policy/std",
           "env_steps", "time/sample_s", "time/outer_s"]
 """CSV/TensorBoard columns, one row per meta-iteration (see the docs page)."""
 
@@ -341,13 +341,13 @@ def main(args: Args) -> dict[str, float]:
             std = (policy(batch[0][0, 0, :1])[1].exp() / half_range).mean().item()
         t2 = time.perf_counter()
 
-        bc_after, inner_kl, pre_return, expert_return, steps_per_task = (x.item() for x in mean_over_all_tasks((
+        bc_after, inner_kl, pre_return, demo_return, steps_per_task = (x.item() for x in mean_over_all_tasks((
             bc_after, inner_kl.mean(), episodes.returns.mean(), demos.returns[rows].mean(),
             episodes.mask.sum().double() / num_mine)))
         env_steps += round(steps_per_task * args.meta_batch)
         lr_mean = args.inner_lr if lrs is None else torch.cat([v.flatten() for v in lrs.values()]).mean().item()
         logger.log(it + 1, {
-            "return/pre": pre_return, "return/expert": expert_return, "bc/before": bc_before,
+            "return/pre": pre_return, "return/demos": demo_return, "bc/before": bc_before,
             "bc/after": bc_after, "inner/kl": inner_kl,
             "inner/lr_mean": lr_mean,
             "policy/std": std, "env_steps": env_steps, "time/sample_s": t1 - t0, "time/outer_s": t2 - t1,
@@ -371,7 +371,7 @@ def main(args: Args) -> dict[str, float]:
         "bc_after_last10": mean(history["bc/after"][last]),
         "env_steps": float(env_steps),
         "train_seconds": train_seconds,
-        "expert_return": demos.returns.mean().item(),
+        "demo_return": demos.returns.mean().item(),  # executed actions, --demo-noise included
         "expert_env_steps": float(demos.env_steps),
         "expert_seconds": demos.seconds,
     }

@@ -32,7 +32,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_smoke_metrics_finite_and_files_written(tmp_path):
     metrics = gmps.main(replace(TINY, out_dir=str(tmp_path), eval_tasks=2, eval_steps=2, tensorboard=True))
     assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
-    assert {"eval_return_0", "eval_gain_2", "expert_return", "expert_env_steps", "expert_seconds"} <= set(metrics)
+    assert {"eval_return_0", "eval_gain_2", "demo_return", "expert_env_steps", "expert_seconds"} <= set(metrics)
     for name in ("config.json", "metrics.csv", "metrics.json", "checkpoint.pt", "learning_curve.png", "eval.csv",
                  "eval.md", "eval_tasks.csv", "eval.png", "demos/manifest.json", "demos/task_0003.npz"):
         assert (tmp_path / name).is_file(), name
