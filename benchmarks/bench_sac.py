@@ -7,7 +7,7 @@ step per environment step, automatic entropy tuning with target -act_dim and ini
 
 The metaops loop is written out below (`MetaopsSAC`): a `ReplayBuffer` with one task, noise drawn
 from an explicit generator, `sac_loss` (critic, actor and temperature losses in one backward
-pass), one Adam over all parameters (Adam is elementwise, so this equals SB3's three Adams) and
+pass), one fused Adam over all parameters (Adam is elementwise, so this equals SB3's three Adams) and
 `polyak_update` of the target critic. One difference remains: SB3 evaluates the actor loss with
 the critic it has just updated, metaops with the critic before the step.
 
@@ -62,7 +62,7 @@ class MetaopsSAC:
                        "log_alpha": torch.zeros((), requires_grad=True)}  # alpha = 1 at the start, as in SB3
         self.target = {k: v.detach().clone() for k, v in self.params["critic"].items()}
         leaves = [*self.params["policy"].values(), *self.params["critic"].values(), self.params["log_alpha"]]
-        self.optimizer = torch.optim.Adam(leaves, lr=HP["lr"])
+        self.optimizer = torch.optim.Adam(leaves, lr=HP["lr"], fused=True)  # one kernel for every leaf
         self.buffer = ReplayBuffer(1, HP["buffer_size"], obs_shape=obs_dim, act_shape=act_dim, seed=seed)
         self.noise = torch.Generator().manual_seed(seed + 1)
         self.act_dim = act_dim

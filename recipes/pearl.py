@@ -277,7 +277,7 @@ def main(args: Args) -> dict[str, float]:
               "critic": dict(critic.named_parameters()), "log_alpha": log_alpha}
     target = mo.tree.stop_gradient({k: v.clone() for k, v in params["critic"].items()})
     leaves = [*encoder.parameters(), *policy.parameters(), *critic.parameters()] + ([log_alpha] * args.tune_alpha)
-    optimizer = torch.optim.Adam(leaves, lr=args.lr)  # elementwise: one Adam per network, as in the reference
+    optimizer = torch.optim.Adam(leaves, lr=args.lr, fused=True)  # elementwise: one Adam per network, as the reference
     # per training task this process holds: the SAC replay buffer, and the encoder's buffer of recent prior-z data
     sac_buffers = {k: rl.ReplayBuffer(1, args.buffer_capacity, obs_shape=obs_dim, act_shape=act_dim,
                                       seed=args.seed * 1_000_003 + 2 * k) for k in owned}

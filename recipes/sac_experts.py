@@ -286,7 +286,7 @@ def main(args: Args) -> dict[str, float]:
     params = rows_of(mo.tree.stop_gradient(initial), mine) if per_task else initial  # ... and keeps its own
     params = mo.tree.tree_map(lambda v: v.detach().clone().requires_grad_(), params)
     target = mo.tree.tree_map(lambda v: v.detach().clone(), params["critic"])
-    optimizer = torch.optim.Adam(leaves(params), lr=args.lr)
+    optimizer = torch.optim.Adam(leaves(params), lr=args.lr, fused=True)  # one kernel for every leaf
     buffer = rl.ReplayBuffer(m, args.buffer_size, obs_shape=env.observation_dim, act_shape=act_dim, seed=args.seed)
     per_task_batch = args.batch_size if per_task else -(-args.batch_size // n)  # conditioned: split over tasks
     g = torch.Generator().manual_seed(args.seed)  # reset seeds, exploration and the losses' noise

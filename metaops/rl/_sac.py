@@ -285,7 +285,7 @@ def polyak_update(target_params: PyTree, params: PyTree, *, tau: float) -> PyTre
 
     Raises:
         ValueError: If ``tau`` is outside $(0, 1]$, the keys differ, or two leaves have different
-            shapes.
+            shapes or dtypes.
 
     Examples:
         >>> polyak_update({"w": torch.zeros(2)}, {"w": torch.tensor([1.0, -2.0])}, tau=0.25)
@@ -298,7 +298,10 @@ def polyak_update(target_params: PyTree, params: PyTree, *, tau: float) -> PyTre
         if target.shape != online.shape:
             raise ValueError(f"polyak_update: a target leaf has shape {tuple(target.shape)} but the matching "
                              f"parameter has shape {tuple(online.shape)}")
-        return ((1.0 - tau) * target + tau * online).detach()
+        if target.dtype != online.dtype:
+            raise ValueError(f"polyak_update: a target leaf has dtype {target.dtype} but the matching parameter has "
+                             f"dtype {online.dtype}; build the target as a detached clone of the parameters")
+        return torch.lerp(target.detach(), online.detach(), float(tau))  # one kernel: t + tau (o - t)
 
     if isinstance(target_params, dict) and isinstance(params, dict) and target_params.keys() != params.keys():
         raise ValueError(

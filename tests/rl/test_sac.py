@@ -171,6 +171,8 @@ def test_polyak_update_errors():
         polyak_update({"v": torch.zeros(1)}, {"w": torch.zeros(1)}, tau=0.5)
     with pytest.raises(ValueError, match=r"shape \(1,\) but the matching parameter has shape \(3, 1\)"):
         polyak_update({"w": torch.zeros(1)}, {"w": torch.zeros(3, 1)}, tau=0.5)
+    with pytest.raises(ValueError, match=r"dtype torch.float32 but the matching parameter has dtype torch.float64"):
+        polyak_update({"w": torch.zeros(1)}, {"w": torch.zeros(1, dtype=torch.float64)}, tau=0.5)
 
 
 # ---------------------------------------------------------------------------------------------
