@@ -234,7 +234,8 @@ class ReplayBuffer:
         Raises:
             TypeError: If an input is not a tensor or array, ``obs``, ``actions``, ``next_obs``
                 or ``rewards`` is not floating point, or ``terminated`` or ``where`` is not ``bool``.
-            ValueError: If a shape does not match (the message gives the expected shape).
+            ValueError: If a shape does not match (the message gives the expected shape), or a
+                selected transition holds NaN or infinity (nothing is stored).
 
         Examples:
             >>> buffer = ReplayBuffer(1, 3, obs_shape=1, act_shape=1)
@@ -286,6 +287,13 @@ class ReplayBuffer:
         selected = self._check_where(where, one_step, n)
         if n == 0:
             return
+        for name in ("obs", "actions", "rewards", "next_obs"):  # a NaN stored now poisons every later update
+            finite = torch.isfinite(tensors[name].reshape(self.tasks, n, -1)).all(-1).to("cpu")
+            if not bool(finite[selected].all()):
+                task, step = (int(i) for i in (selected & ~finite).nonzero()[0])
+                raise ValueError(f"ReplayBuffer.add: {name} of task {task}" + ("" if one_step else f", step {step}")
+                                 + " is NaN or infinite; nothing was stored. Check the environment or policy that "
+                                 "produced it (or leave such transitions out with where=...)")
         counts = selected.sum(1)  # transitions stored per task
         order = selected.cumsum(1) - 1  # rank of each selected transition among its task's
         keep = selected & (order >= (counts - self.capacity).unsqueeze(1))  # of more than C, the last C survive

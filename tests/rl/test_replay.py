@@ -306,6 +306,25 @@ def test_where_errors_are_clear_and_write_nothing():
         buffer.position = 5
 
 
+def test_non_finite_transitions_are_refused_unless_left_out_with_where():
+    buffer = _buffer(tasks=2, capacity=5)
+    for field, value in ((0, float("nan")), (1, float("inf")), (2, float("-inf")), (3, float("nan"))):
+        offer = list(_steps(2, 3))
+        offer[field] = offer[field].clone()
+        offer[field][1, 2] = value  # task 1, step 2
+        name = ("obs", "actions", "rewards", "next_obs")[field]
+        with pytest.raises(ValueError, match=rf"{name} of task 1, step 2 is NaN or infinite; nothing was stored"):
+            buffer.add(*offer)
+        assert len(buffer) == 0 and not buffer.storage["obs"].any()
+        one = [x[:, 2] for x in offer]  # one transition per task: no step in the message
+        with pytest.raises(ValueError, match=rf"{name} of task 1 is NaN or infinite"):
+            buffer.add(*one)
+    where = torch.ones(2, 3, dtype=torch.bool)
+    where[1, 2] = False  # the bad transition is not selected: the rest is stored
+    buffer.add(*offer, where=where)
+    assert buffer.sizes.tolist() == [3, 2] and bool(torch.isfinite(buffer.storage["next_obs"]).all())
+
+
 # --- one share of a batch: the whole batch's draws, this share's rows -----------------------------------------
 
 
