@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metaops.estimators._validate import check_float
+from metaops.estimators._validate import check_finite, check_float
 from metaops.rl._critics import QCritic
 from metaops.rl._policies import gaussian_log_prob
 from metaops.rl._replay import Transitions
@@ -328,6 +328,7 @@ def _min(qs: list[Tensor]) -> Tensor:
 def _check_batch(batch: Transitions) -> None:
     for name in ("obs", "actions", "rewards", "next_obs"):
         check_float(f"batch.{name}", getattr(batch, name))
+        check_finite(f"batch.{name}", getattr(batch, name))  # NaN here would reach every parameter silently
     lead = batch.rewards.shape
     for name, x in (("obs", batch.obs), ("actions", batch.actions), ("next_obs", batch.next_obs)):
         if x.shape[:-1] != lead:
@@ -375,7 +376,8 @@ def sac_soft_target(
 
     Raises:
         TypeError: If a batch field is not floating point (``terminated`` may be bool or float).
-        ValueError: If the batch shapes disagree or ``gamma`` is outside $[0, 1]$.
+        ValueError: If the batch shapes disagree, a batch field holds NaN or infinity, or ``gamma``
+            is outside $[0, 1]$.
 
     Examples:
         >>> policy, critic = SquashedGaussianMLPPolicy(3, 1, hidden_sizes=(8,)), TwinQCritic(3, 1, hidden_sizes=(8,))

@@ -437,6 +437,11 @@ def test_loss_errors_name_what_is_wrong():
     with pytest.raises(ValueError, match=r"batch.terminated has shape \(4,\), expected \(5,\)"):
         sac_soft_target(policy, params["policy"], critic, target, params["log_alpha"],
                         batch._replace(terminated=batch.terminated[:4]), next_noise, gamma=0.99)
+    nan_next_obs = batch.next_obs.clone()
+    nan_next_obs[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"batch.next_obs contains 1 non-finite value\(s\) \(NaN or inf\)"):
+        sac_soft_target(policy, params["policy"], critic, target, params["log_alpha"],
+                        batch._replace(next_obs=nan_next_obs), next_noise, gamma=0.99)
     with pytest.raises(TypeError, match="batch.rewards must be a floating-point tensor"):
         sac_soft_target(policy, params["policy"], critic, target, params["log_alpha"],
                         batch._replace(rewards=batch.rewards.long()), next_noise, gamma=0.99)
