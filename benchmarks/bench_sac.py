@@ -24,7 +24,7 @@ Usage:
     python benchmarks/bench_sac.py timing [--repeats 5] [--threads 1 2] [--updates 1000]
     python benchmarks/bench_sac.py train --impl metaops --seed 0 --steps 100000 --eval-at 25000 50000 75000 \
         --out runs/sac.jsonl
-    python benchmarks/bench_sac.py summary runs/sac.jsonl
+    python benchmarks/bench_sac.py summary runs/sac.jsonl [--plot benchmarks/figures/sac_cheetah.png]
 """
 
 from __future__ import annotations
@@ -217,17 +217,48 @@ def train(args: argparse.Namespace) -> None:
 
 
 def summary(args: argparse.Namespace) -> None:
+    """One row per implementation and milestone: mean, spread and per-seed evaluation returns; optional figure."""
     records = [json.loads(line) for line in Path(args.path).read_text().splitlines() if line.strip()]
-    print("| implementation | steps | seeds | eval return (mean of seeds) | per seed | last 5 training episodes "
-          "(mean of seeds) | train wall s (mean) |")
-    print("|---|---:|---:|---:|---|---:|---:|")
+    print(
+        "| implementation | steps | seeds | eval return, mean | std over seeds | per seed | last 5 training episodes "
+        "(mean of seeds) | train wall s (mean) |"
+    )
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    curves = {}
     for impl in sorted({r["impl"] for r in records}):
         for steps in sorted({r["steps"] for r in records if r["impl"] == impl}):
             rs = sorted((r for r in records if r["impl"] == impl and r["steps"] == steps), key=lambda r: r["seed"])
-            per_seed = ", ".join(f"{r['eval_mean']:.0f}" for r in rs)
+            evals = np.array([r["eval_mean"] for r in rs])
+            per_seed = ", ".join(f"{r['eval_mean']:.0f} (s{r['seed']})" for r in rs)
             last5 = np.mean([np.mean(r["train_returns"][-5:]) for r in rs])
-            print(f"| {impl} | {steps} | {len(rs)} | {np.mean([r['eval_mean'] for r in rs]):.0f} | {per_seed} | "
-                  f"{last5:.0f} | {np.mean([r['train_s'] for r in rs]):.0f} |")
+            spread = f"{evals.std(ddof=1):.0f}" if len(rs) > 1 else ""
+            print(
+                f"| {impl} | {steps} | {len(rs)} | {evals.mean():.0f} | {spread} | {per_seed} | {last5:.0f} | "
+                f"{np.mean([r['train_s'] for r in rs]):.0f} |"
+            )
+            curves.setdefault(impl, []).append((steps, evals))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for i, (impl, points) in enumerate(curves.items()):
+            color = f"C{i}"
+            ax.plot([s for s, _ in points], [e.mean() for _, e in points], color=color, marker="o",
+                    label=f"{impl} (mean of seeds)")
+            for s, e in points:
+                ax.scatter([s] * len(e), e, color=color, alpha=0.35, s=12)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("deterministic evaluation return")
+        ax.set_title(f"SAC on {ENV}: metaops.rl and stable-baselines3")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=120)
+        print(f"figure: {args.plot}")
 
 
 def main() -> None:
@@ -251,6 +282,7 @@ def main() -> None:
     p.set_defaults(fn=train)
     p = sub.add_parser("summary")
     p.add_argument("path")
+    p.add_argument("--plot", type=str, default="", help="also save a figure of the evaluation returns here (PNG)")
     p.set_defaults(fn=summary)
     args = parser.parse_args()
     args.fn(args)
