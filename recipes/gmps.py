@@ -87,6 +87,9 @@ class Args:
     learn_inner_lr: bool = True
     """learn one inner step size per parameter entry (Meta-SGD, as the reference, which initialises them at 0.5);
     --no-learn-inner-lr: one fixed step size"""
+    inner_max_kl: float | None = None
+    """bound on the estimated mean KL of the inner step on the task's own states: larger steps are cut back to it
+    along their direction (metaops.rl.kl_bounded_sgd; with the learned rates too); None: no bound"""
     outer_steps: int = 50
     """Adam steps on the behaviour-cloning loss per meta-iteration (the reference example: 500)"""
     outer_lr: float = 1e-3
@@ -133,6 +136,8 @@ def validate(args: Args) -> None:
         raise ValueError(f"horizon must be positive, got {args.horizon}")
     if args.demo_noise < 0:
         raise ValueError(f"demo_noise must be >= 0, got {args.demo_noise}")
+    if args.inner_max_kl is not None and not 0 < args.inner_max_kl < float("inf"):
+        raise ValueError(f"inner_max_kl must be a positive number (or None: no bound), got {args.inner_max_kl}")
     if args.bias_transform < 0:
         raise ValueError(f"bias_transform must be >= 0, got {args.bias_transform}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:
@@ -199,9 +204,15 @@ def make_inner_loss(policy: nn.Module):
     return loss_fn
 
 
-def make_inner_optimizer(lrs: dict[str, Tensor] | None, inner_lr: float) -> mo.inner.InnerOptimizer:
-    """Meta-SGD with the learned rates, or plain SGD."""
-    return mo.inner.sgd(inner_lr) if lrs is None else mo.inner.meta_sgd(lrs)
+def make_inner_optimizer(policy: nn.Module, lrs: dict[str, Tensor] | None, args: Args,
+                         batch: tuple[Tensor, ...]) -> mo.inner.InnerOptimizer:
+    """Meta-SGD with the learned rates, or plain SGD; with --inner-max-kl, each step is cut back to that
+    estimated mean KL on the task's own states (metaops.rl.kl_bounded_sgd)."""
+    if args.inner_max_kl is not None:
+        obs, _, _, mask, _ = batch
+        return rl.kl_bounded_sgd(policy, obs, lr=args.inner_lr if lrs is None else lrs, max_kl=args.inner_max_kl,
+                                 mask=mask)
+    return mo.inner.sgd(args.inner_lr) if lrs is None else mo.inner.meta_sgd(lrs)
 
 
 def behaviour_cloning_loss(policy: nn.Module, params, demo_obs: Tensor, demo_actions: Tensor, demo_mask: Tensor,
@@ -262,7 +273,7 @@ def main(args: Args) -> dict[str, float]:
     loss_fn = make_inner_loss(policy)
 
     def task_bc_loss(theta, lrs, batch, demo_obs, demo_actions, demo_mask):  # one task, differentiable in theta
-        adapted = mo.inner.adapt(loss_fn, theta, batch, make_inner_optimizer(lrs, args.inner_lr), steps=1)
+        adapted = mo.inner.adapt(loss_fn, theta, batch, make_inner_optimizer(policy, lrs, args, batch), steps=1)
         return behaviour_cloning_loss(policy, adapted, demo_obs, demo_actions, demo_mask, half_range)
 
     all_tasks_bc_loss = vmap(task_bc_loss, in_dims=(None, None, 0, 0, 0, 0))  # theta and rates shared
@@ -333,8 +344,8 @@ def main(args: Args) -> dict[str, float]:
         with torch.no_grad():  # statistics at the updated meta-parameters
             theta = mo.tree.stop_gradient(mo.nn.named_params(policy))
             frozen_lrs = None if lrs is None else mo.tree.stop_gradient(lrs)
-            adapted = vmap(lambda b: mo.inner.adapt(loss_fn, theta, b, make_inner_optimizer(frozen_lrs, args.inner_lr),
-                                                    steps=1))(batch)  # once, for both statistics
+            adapted = vmap(lambda b: mo.inner.adapt(  # once, for both statistics
+                loss_fn, theta, b, make_inner_optimizer(policy, frozen_lrs, args, b), steps=1))(batch)
             bc_after = vmap(lambda p, o, a, m: behaviour_cloning_loss(policy, p, o, a, m, half_range))(
                 adapted, *demo).mean()
             inner_kl = vmap(lambda p, o, m: rl.mean_kl(policy, theta, p, o, mask=m))(adapted, batch[0], batch[3])
@@ -403,7 +414,7 @@ def evaluate(policy: nn.Module, lrs: dict[str, Tensor] | None, args: Args, *, nu
     frozen_lrs = None if lrs is None else mo.tree.stop_gradient(lrs)
     return held_out_adaptation(
         policy, dict(policy.named_parameters()), env_name=args.env,
-        adapt_step=lambda p, d: mo.inner.adapt(loss_fn, p, d, make_inner_optimizer(frozen_lrs, args.inner_lr),
+        adapt_step=lambda p, d: mo.inner.adapt(loss_fn, p, d, make_inner_optimizer(policy, frozen_lrs, args, d),
                                                steps=1),
         process=lambda b: process_episodes(b, gamma=args.gamma, gae_lambda=args.gae_lambda),
         num_tasks=num_tasks, episodes=args.episodes, steps=steps, seed=seed, horizon=horizon,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from metaops.estimators._validate import _is_plain, as_mask, check_float
 from metaops.inner._base import InnerOptimizer
+from metaops.inner._validate import check_same_keys_and_shapes
 from metaops.tree import tree_axpy, tree_leaves, tree_map, tree_scale, tree_sq_dist
 from metaops.typing import Params
 
@@ -547,11 +548,17 @@ def quadratic_kl(
 
 
 def kl_bounded_sgd(
-    policy: nn.Module, observations: Tensor, *, lr: float, max_kl: float, mask: Tensor | None = None
+    policy: nn.Module,
+    observations: Tensor,
+    *,
+    lr: float | Mapping[str, Tensor],
+    max_kl: float,
+    mask: Tensor | None = None,
 ) -> InnerOptimizer:
     r"""SGD whose step is shrunk, differentiably, until its estimated mean KL is at most ``max_kl``.
 
-    The plain step $\delta = -\alpha\, g$ is scaled by a factor computed in closed form from the
+    The plain step $\delta = -\alpha\, g$ (or the Meta-SGD step $\delta = -\alpha \odot g$ with
+    learned per-parameter rates, see [metaops.inner.meta_sgd][]) is scaled by a factor computed in closed form from the
     quadratic KL estimate on the support states ([metaops.rl.quadratic_kl][]):
 
     $$\phi = \theta + s\,\delta, \qquad
@@ -570,7 +577,9 @@ def kl_bounded_sgd(
     Args:
         policy: The policy module (its ``forward`` gives the distribution parameters).
         observations: The task's support states, shape `(..., T, obs_dim)`.
-        lr: Step size $\alpha > 0$.
+        lr: Step size $\alpha > 0$, or Meta-SGD rates: a dict keyed by parameter name of scalar or
+            parameter-shaped tensors (any sign; they receive meta-gradients through the step and
+            through $s$ when built inside the differentiated function).
         max_kl: The bound $\epsilon > 0$ on the estimated mean KL of one step.
         mask: Optional padding mask `(..., T)`, 1 for real steps.
 
@@ -578,7 +587,9 @@ def kl_bounded_sgd(
         An [metaops.inner.InnerOptimizer][].
 
     Raises:
-        ValueError: If ``lr`` or ``max_kl`` is not a positive finite number.
+        ValueError: If ``max_kl`` or a float ``lr`` is not a positive finite number, or (at
+            ``init``) the names or shapes of dict rates do not match the parameters.
+        TypeError: If ``lr`` is a dict whose values are not tensors.
 
     Examples:
         >>> from metaops.inner import adapt
@@ -591,18 +602,29 @@ def kl_bounded_sgd(
         >>> float(quadratic_kl(policy, params, step, obs)) <= 0.01 + 1e-6
         True
     """
-    for name, value in (("lr", lr), ("max_kl", max_kl)):
+    rates = isinstance(lr, Mapping)
+    if rates and not all(isinstance(v, Tensor) for v in lr.values()):
+        raise TypeError("kl_bounded_sgd: lr must be a number or a dict mapping parameter names to tensors")
+    for name, value in (("lr", lr), ("max_kl", max_kl)) if not rates else (("max_kl", max_kl),):
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise ValueError(f"kl_bounded_sgd: {name} must be a positive finite number, got {value!r}")
 
+    def init(params: Params) -> tuple:
+        if rates:
+            check_same_keys_and_shapes(params, lr, "kl_bounded_sgd lr", scalar_ok=True)
+        return ()
+
     def step(params: Params, grads: Params, state: tuple, hyperparams: dict) -> tuple[Params, tuple]:
-        direction = tree_scale(grads, -lr)
+        if rates:  # the learned rates live in hyperparams, so that every mode of adapt differentiates them
+            direction = tree_map(lambda g, a: -a * g, grads, hyperparams["lrs"])
+        else:
+            direction = tree_scale(grads, -lr)
         kl = quadratic_kl(policy, params, direction, observations, mask=mask)
         scale = torch.sqrt(max_kl / torch.clamp(kl, min=max_kl))  # 1 inside the bound; no 0/0 at kl = 0
         return tree_axpy(scale, direction, params), state
 
-    return InnerOptimizer(init=lambda params: (), step=step, hyperparams={},
-                          name=f"kl_bounded_sgd(lr={lr}, max_kl={max_kl})")
+    return InnerOptimizer(init=init, step=step, hyperparams={"lrs": dict(lr)} if rates else {},
+                          name=f"kl_bounded_sgd(lr={'<per-parameter rates>' if rates else lr}, max_kl={max_kl})")
 
 
 class InnerStepWarning(UserWarning):

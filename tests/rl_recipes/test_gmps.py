@@ -123,11 +123,27 @@ def test_bias_transformation_is_a_learned_input():
     assert not torch.equal(adapted["bias_transform"], policy.bias_transform)
 
 
+@pytest.mark.parametrize("learn_inner_lr", [False, True], ids=["fixed-rate", "learned-rates"])
+def test_inner_max_kl_bounds_the_logged_inner_step(tmp_path, learn_inner_lr):
+    """The logged inner KL (the exact mean KL, at the updated meta-parameters) stays within the bound (set on
+    the quadratic estimate) while the unbounded steps go 10x and more past it."""
+    base = replace(TINY, learn_inner_lr=learn_inner_lr, inner_lr=0.5, iterations=2, eval_tasks=2, eval_steps=1)
+    gmps.main(replace(base, out_dir=str(tmp_path / "free")))
+    free = [float(r["inner/kl"]) for r in _rows(tmp_path / "free")]
+    bound = min(free) / 10
+    metrics = gmps.main(replace(base, out_dir=str(tmp_path / "bounded"), inner_max_kl=bound))
+    bounded = [float(r["inner/kl"]) for r in _rows(tmp_path / "bounded")]
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert all(kl <= 1.1 * bound for kl in bounded), (bounded, bound, free)
+
+
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError, match="needs expert demonstrations"):
         gmps.main(replace(TINY, out_dir=str(tmp_path), env="HalfCheetahVel"))
     with pytest.raises(ValueError, match="outer_steps"):
         gmps.main(replace(TINY, out_dir=str(tmp_path), outer_steps=0))
+    with pytest.raises(ValueError, match="inner_max_kl must be a positive number"):
+        gmps.main(replace(TINY, out_dir=str(tmp_path), inner_max_kl=0.0))
     with pytest.raises(ValueError, match="demo_noise"):
         gmps.main(replace(TINY, out_dir=str(tmp_path), demo_noise=-0.1))
     with pytest.raises(FileNotFoundError, match="not a demonstrations directory"):
