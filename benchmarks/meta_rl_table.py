@@ -28,11 +28,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 from compare_runs import moving_mean  # (this script's folder is on the path when it runs)
+
+from metaops.experiment import mean_confidence_interval
 
 CURVE_COLUMN = {"gradient": "return/post", "rl2": "return/episode_2", "pearl": "return/posterior"}
 """The training curve each family logs: post-update return, episode 2 of a trial, z from the posterior (GMPS,
@@ -55,11 +56,6 @@ def per_task_returns(run: Path) -> np.ndarray:
         raise ValueError(f"{run / 'eval_tasks.csv'} has no tasks: was the run evaluated (--eval-tasks > 0)?")
     columns = [c for c in rows[0] if c.startswith("return_")]
     return np.array([[float(r[c]) for r in rows] for c in columns])
-
-
-def mean_ci(x: np.ndarray) -> tuple[float, float]:
-    """Mean and half-width of the 95% interval (t quantile 1.96 is close enough from 30 tasks on)."""
-    return float(x.mean()), float(1.96 * x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def logged_rows(run: Path) -> tuple[list[dict[str, str]], np.ndarray, np.ndarray]:
@@ -95,9 +91,9 @@ def main() -> None:
         before, after = returns[0], returns[1] if kind == "gradient" else returns[-1]
         rows, steps, seconds = logged_rows(run)
         extra = f" ({metrics['grad_steps']:,.0f} gradient steps)" if kind == "pearl" else ""
-        b, b_ci = mean_ci(before)
-        f, f_ci = mean_ci(after)
-        d, d_ci = mean_ci(after - before)
+        b, b_ci = mean_confidence_interval(before)
+        f, f_ci = mean_confidence_interval(after)
+        d, d_ci = mean_confidence_interval(after - before)
         column = CURVE_COLUMN[kind] if CURVE_COLUMN[kind] in rows[0] else "return/pre"  # GMPS: pre-update only
         curve = moving_mean(np.array([float(r[column]) for r in rows]))
         curves[label] = (steps, curve)
