@@ -558,8 +558,9 @@ def kl_bounded_sgd(
     r"""SGD whose step is shrunk, differentiably, until its estimated mean KL is at most ``max_kl``.
 
     The plain step $\delta = -\alpha\, g$ (or the Meta-SGD step $\delta = -\alpha \odot g$ with
-    learned per-parameter rates, see [metaops.inner.meta_sgd][]) is scaled by a factor computed in closed form from the
-    quadratic KL estimate on the support states ([metaops.rl.quadratic_kl][]):
+    learned per-parameter rates, see [metaops.inner.meta_sgd][]) is scaled by a factor computed
+    in closed form from the quadratic KL estimate on the support states
+    ([metaops.rl.quadratic_kl][]):
 
     $$\phi = \theta + s\,\delta, \qquad
       s = \min\!\Big(1,\ \sqrt{\epsilon \,/\, \tfrac12\,\delta^\top F(\theta)\,\delta}\Big),$$
@@ -605,7 +606,8 @@ def kl_bounded_sgd(
     rates = isinstance(lr, Mapping)
     if rates and not all(isinstance(v, Tensor) for v in lr.values()):
         raise TypeError("kl_bounded_sgd: lr must be a number or a dict mapping parameter names to tensors")
-    for name, value in (("lr", lr), ("max_kl", max_kl)) if not rates else (("max_kl", max_kl),):
+    numbers = {"max_kl": max_kl} if rates else {"lr": lr, "max_kl": max_kl}  # learned rates may have any sign
+    for name, value in numbers.items():
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
             raise ValueError(f"kl_bounded_sgd: {name} must be a positive finite number, got {value!r}")
 
