@@ -113,6 +113,11 @@ class Args:
     """the final evaluation adapts for 0, 1, ..., eval_steps gradient steps"""
     eval_seed: int = 1_000
     """seed of the held-out tasks and their episodes"""
+    eval_episodes: int | None = None
+    """episodes per task and step of the final evaluation; None: `episodes` (the MAML paper's navigation test: 40)"""
+    eval_inner_lr: tuple[float, ...] | None = None
+    """step sizes of the evaluation's adaptation steps, the last one repeated (the MAML paper's navigation test:
+    0.5 0.25); None: `inner_lr`"""
     checkpoint_every: int = 10
     """iterations between checkpoints (one is always written at the end)"""
     resume: bool = True
@@ -126,7 +131,7 @@ class Args:
 
 
 RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "compile", "progress", "tensorboard",
-               "threads", "physics_threads", "eval_tasks", "eval_steps", "eval_seed")
+               "threads", "physics_threads", "eval_tasks", "eval_steps", "eval_seed", "eval_episodes", "eval_inner_lr")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
 FIELDS = ["return/pre", "return/post", "trpo/surrogate", "trpo/improvement", "trpo/kl", "trpo/backtracks",
@@ -153,6 +158,11 @@ def validate(args: Args) -> None:
         raise ValueError(f"horizon must be positive, got {args.horizon}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:
         raise ValueError(f"need eval_tasks = 0 or >= 2 and eval_steps >= 0, got {args.eval_tasks}, {args.eval_steps}")
+    if args.eval_episodes is not None:
+        check_positive(args, "eval_episodes")
+    if args.eval_inner_lr is not None and (not args.eval_inner_lr or not all(0 < lr < float("inf") for lr in
+                                                                             args.eval_inner_lr)):
+        raise ValueError(f"eval_inner_lr must be one or more step sizes > 0, got {args.eval_inner_lr!r}")
 
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, kind: str = "unbounded", init_std: float = 0.1,
@@ -436,15 +446,22 @@ def main(args: Args) -> dict[str, float]:
 
 def evaluate(policy, env_name: str, loss_fn, args: Args, *, num_tasks: int, steps: int, seed: int,
              horizon: int) -> Tensor:
-    """Mean return of each held-out task after 0..steps inner steps, `(steps + 1, task)` (the meta-RL protocol)."""
-    def one_step(params, data):
-        return mo.inner.adapt(loss_fn, params, data, inner_optimizer(policy, data, lr=args.inner_lr,
-                                                                     max_kl=args.inner_max_kl), steps=1)
+    """Mean return of each held-out task after 0..steps inner steps, `(steps + 1, task)` (the meta-RL protocol).
 
-    return held_out_adaptation(policy, mo.nn.named_params(policy), env_name=env_name, adapt_step=one_step,
+    Step sizes and episodes per step: ``args.eval_inner_lr`` and ``args.eval_episodes`` where set, else the
+    training's."""
+    def step_with(lr: float):
+        def one_step(params, data):
+            return mo.inner.adapt(loss_fn, params, data, inner_optimizer(policy, data, lr=lr,
+                                                                         max_kl=args.inner_max_kl), steps=1)
+        return one_step
+
+    return held_out_adaptation(policy, mo.nn.named_params(policy), env_name=env_name,
+                               adapt_step=[step_with(lr) for lr in args.eval_inner_lr or (args.inner_lr,)],
                                process=lambda b: process_episodes(b, gamma=args.gamma, gae_lambda=args.gae_lambda),
-                               num_tasks=num_tasks, episodes=args.episodes, steps=steps, seed=seed, horizon=horizon,
-                               physics_threads=args.physics_threads, on_step=make_step_check(policy, args))
+                               num_tasks=num_tasks, episodes=args.eval_episodes or args.episodes, steps=steps,
+                               seed=seed, horizon=horizon, physics_threads=args.physics_threads,
+                               on_step=make_step_check(policy, args))
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

@@ -4,7 +4,9 @@
 Writes ``eval.csv``, ``eval.md`` (mean return and 95% confidence interval over tasks per number
 of adaptation steps, and the paired gain over the same tasks), ``eval_tasks.csv`` (every task's
 return) and ``eval.png`` (return vs adaptation steps). The inner step is the one of
-the training run (its estimator, learning rate, baseline and GAE), re-sampling after each step.
+the training run (its estimator, learning rate, baseline and GAE), re-sampling after each step;
+``--inner-lr`` and ``--episodes`` set a test-time protocol (e.g. the MAML paper's ``--inner-lr 0.5 0.25
+--episodes 40`` on navigation).
 
 Run ``python -m recipes.maml_trpo_eval --run-dir runs/maml_trpo``.
 """
@@ -19,7 +21,7 @@ import tyro
 
 from metaops import envs
 from metaops.experiment import load_checkpoint, paired_gains, save_json, write_adaptation_evaluation
-from recipes.maml_trpo import Args, evaluate, make_inner_loss, make_policy
+from recipes.maml_trpo import Args, evaluate, make_inner_loss, make_policy, validate
 
 
 @dataclass
@@ -35,7 +37,10 @@ class EvalArgs:
     seed: int = 1_000
     """seed of the held-out tasks and their episodes (use one not used in training)"""
     episodes: int | None = None
-    """episodes per task and step; None: as in training"""
+    """episodes per task and step; None: the run's eval_episodes, else its training episodes"""
+    inner_lr: tuple[float, ...] | None = None
+    """step sizes of the adaptation steps, the last one repeated (the MAML paper's navigation test: 0.5 0.25);
+    None: the run's eval_inner_lr, else its training inner_lr"""
     physics_threads: int = 2
     """MuJoCo stepping threads (ignored for navigation)"""
 
@@ -52,7 +57,10 @@ def main(eval_args: EvalArgs) -> dict[str, float]:
     args.physics_threads = eval_args.physics_threads
     torch.set_num_threads(args.threads)
     if eval_args.episodes is not None:
-        args.episodes = eval_args.episodes
+        args.eval_episodes = eval_args.episodes
+    if eval_args.inner_lr is not None:
+        args.eval_inner_lr = tuple(eval_args.inner_lr)
+    validate(args)
     env_name = args.env
 
     probe = envs.make_batched(env_name, num_tasks=1, episodes_per_task=1)

@@ -111,6 +111,11 @@ class Args:
     """the final evaluation adapts for 0, 1, ..., eval_steps inner steps"""
     eval_seed: int = 1_000
     """seed of the held-out tasks and their episodes"""
+    eval_episodes: int | None = None
+    """episodes per task and step of the final evaluation; None: `episodes` (the MAML paper's navigation test: 40)"""
+    eval_inner_lr: tuple[float, ...] | None = None
+    """step sizes of the evaluation's adaptation steps, the last one repeated (the MAML paper's navigation test:
+    0.5 0.25); None: `inner_lr`"""
     checkpoint_every: int = 10
     """iterations between checkpoints (one is always written at the end)"""
     resume: bool = True
@@ -122,7 +127,7 @@ class Args:
 
 
 RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "progress", "tensorboard", "threads",
-               "physics_threads", "eval_tasks", "eval_steps", "eval_seed")
+               "physics_threads", "eval_tasks", "eval_steps", "eval_seed", "eval_episodes", "eval_inner_lr")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
 FIELDS = ["return/pre", "return/post", "objective/before", "objective/after", "kl/inner", "kl/inner_coeff",
@@ -152,6 +157,11 @@ def validate(args: Args) -> None:
         raise ValueError(f"need kl_coeff >= 0 and kl_target >= 0, got {args.kl_coeff}, {args.kl_target}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:
         raise ValueError(f"need eval_tasks = 0 or >= 2 and eval_steps >= 0, got {args.eval_tasks}, {args.eval_steps}")
+    if args.eval_episodes is not None:
+        check_positive(args, "eval_episodes")
+    if args.eval_inner_lr is not None and (not args.eval_inner_lr or not all(0 < lr < float("inf") for lr in
+                                                                             args.eval_inner_lr)):
+        raise ValueError(f"eval_inner_lr must be one or more step sizes > 0, got {args.eval_inner_lr!r}")
 
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, init_std: float = 0.1,
@@ -413,15 +423,17 @@ def evaluate(policy: nn.Module, args: Args, *, num_tasks: int, steps: int, seed:
     """Mean episode return per held-out task after 0..steps inner steps (re-sampling after each): `(steps + 1, task)`.
 
     ``args`` must be resolved (see ``resolve``). The tasks and episodes depend only on ``seed``: the
-    meta-RL protocol of ``metaops.experiment.held_out_adaptation``, shared with MAML-TRPO and GMPS.
+    meta-RL protocol of ``metaops.experiment.held_out_adaptation``, shared with MAML-TRPO and GMPS. Step
+    sizes and episodes per step: ``eval_inner_lr`` and ``eval_episodes`` where set, else the training's.
     """
     loss_fn, _ = make_inner_loss(policy)
+    step_with = lambda lr: lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(lr), steps=1)
     return held_out_adaptation(
         policy, dict(policy.named_parameters()), env_name=args.env,
-        adapt_step=lambda p, d: mo.inner.adapt(loss_fn, p, d, mo.inner.sgd(args.inner_lr), steps=1),
+        adapt_step=[step_with(lr) for lr in args.eval_inner_lr or (args.inner_lr,)],
         process=lambda b: process_episodes(b, gamma=args.gamma, gae_lambda=args.gae_lambda),
-        num_tasks=num_tasks, episodes=args.episodes, steps=steps, seed=seed, horizon=args.horizon,
-        physics_threads=args.physics_threads)
+        num_tasks=num_tasks, episodes=args.eval_episodes or args.episodes, steps=steps, seed=seed,
+        horizon=args.horizon, physics_threads=args.physics_threads)
 
 if __name__ == "__main__":
     main(tyro.cli(Args))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,13 +14,15 @@ from metaops.tree import stop_gradient
 
 __all__ = ["held_out_adaptation"]
 
+AdaptStep = Callable[[dict[str, Tensor], Any], dict[str, Tensor]]
+
 
 def held_out_adaptation(
     policy: nn.Module,
     params: Mapping[str, Tensor],
     *,
     env_name: str,
-    adapt_step: Callable[[dict[str, Tensor], Any], dict[str, Tensor]],
+    adapt_step: AdaptStep | Sequence[AdaptStep],
     process: Callable[[envs.EpisodeBatch], Any],
     num_tasks: int,
     episodes: int,
@@ -45,7 +47,10 @@ def held_out_adaptation(
         params: Meta-parameters, without a task dimension (each task starts from them).
         env_name: A registered environment family.
         adapt_step: ``adapt_step(params, data) -> params`` for ONE task (vmapped here), e.g.
-            ``lambda p, d: metaops.inner.adapt(loss_fn, p, d, sgd(lr), steps=1)``.
+            ``lambda p, d: metaops.inner.adapt(loss_fn, p, d, sgd(lr), steps=1)``. Or a non-empty
+            sequence of such functions, a test-time schedule: the k-th one takes step k (counting
+            from 0) and the last one every later step, e.g. ``[step(0.5), step(0.25)]`` for the
+            MAML paper's navigation test (step size 0.5, then 0.25).
         process: ``process(batch) -> data``: per-task inner-loss data (advantages, ...) from an
             [metaops.envs.EpisodeBatch][], with a leading task dimension.
         num_tasks: Held-out tasks (at least 2 for a confidence interval).
@@ -55,6 +60,9 @@ def held_out_adaptation(
         horizon: Episode length (default: the environment's).
         physics_threads: MuJoCo stepping threads.
         on_step: Called as ``on_step(before, after, data)`` after each step (diagnostics).
+
+    Raises:
+        ValueError: If ``adapt_step`` is neither a function nor a non-empty sequence of functions.
 
     Returns:
         Returns of shape `(K + 1, num_tasks)`: row $k$ after $k$ steps. Pass it to
@@ -79,6 +87,10 @@ def held_out_adaptation(
         >>> curve.shape
         torch.Size([2, 3])
     """
+    schedule = [adapt_step] if callable(adapt_step) else list(adapt_step) if isinstance(adapt_step, Sequence) else []
+    if not schedule or not all(callable(f) for f in schedule):
+        raise ValueError("adapt_step must be a function or a non-empty sequence of functions (one per adaptation "
+                         f"step, the last one repeated), got {adapt_step!r}")
     g = torch.Generator().manual_seed(seed)
     tasks = envs.task_distribution(env_name).sample_tasks(num_tasks, generator=g)
     env = envs.make_batched(env_name, num_tasks=num_tasks, episodes_per_task=episodes, num_threads=physics_threads)
@@ -90,7 +102,7 @@ def held_out_adaptation(
             curve.append(batch.returns.mean(-1))
             if k < steps:
                 data = process(batch)
-                adapted = stop_gradient(vmap(adapt_step)(current, data))
+                adapted = stop_gradient(vmap(schedule[min(k, len(schedule) - 1)])(current, data))
                 if on_step is not None:
                     on_step(current, adapted, data)
                 current = adapted

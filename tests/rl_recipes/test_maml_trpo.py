@@ -164,6 +164,23 @@ def test_eval_entry_point_writes_table_and_plot(tiny_run, tmp_path):
     assert (tmp_path / "eval.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_entry_point_takes_a_test_time_protocol(tiny_run, tmp_path):
+    """--inner-lr (a schedule, the last repeated) and --episodes; the run's own step size is the default."""
+    run_dir, _ = tiny_run
+    evaluate = lambda **kw: maml_trpo_eval.main(maml_trpo_eval.EvalArgs(run_dir=str(run_dir), out_dir=str(tmp_path),
+                                                                        tasks=2, steps=2, **kw))
+    default = evaluate()
+    assert evaluate(inner_lr=(TINY.inner_lr,)) == default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", mo.rl.InnerStepWarning)  # a 20x first step is implausible, and says so
+        scheduled = evaluate(inner_lr=(20 * TINY.inner_lr, TINY.inner_lr), episodes=3)
+    assert all(math.isfinite(v) for v in scheduled.values()) and scheduled["return_1"] != default["return_1"]
+    with pytest.raises(ValueError, match="eval_inner_lr"):
+        evaluate(inner_lr=(0.1, -0.1))
+    with pytest.raises(ValueError, match="eval_episodes"):
+        evaluate(episodes=0)
+
+
 def test_compile_flag_runs_compiled_or_falls_back(tmp_path):
     """--compile compiles the vmapped adaptation, or falls back to eager with a RuntimeWarning."""
     with warnings.catch_warnings(record=True) as caught:

@@ -99,6 +99,25 @@ def test_bad_arguments_raise(tmp_path):
         promp.main(replace(TINY, out_dir=str(tmp_path), eval_tasks=1))
     with pytest.raises(ValueError, match="unknown env"):
         promp.main(replace(TINY, out_dir=str(tmp_path), env="Pendulum"))
+    with pytest.raises(ValueError, match="eval_episodes"):
+        promp.main(replace(TINY, out_dir=str(tmp_path), eval_episodes=0))
+    for bad in [(), (0.1, 0.0), (float("nan"),)]:
+        with pytest.raises(ValueError, match="eval_inner_lr"):
+            promp.main(replace(TINY, out_dir=str(tmp_path), eval_inner_lr=bad))
+
+
+def test_evaluation_step_size_schedule():
+    """eval_inner_lr sets the test-time step sizes: the training's step size given explicitly is the default
+    evaluation; another first step size changes the returns after the first step and not before it."""
+    args = promp.resolve(TINY)
+    torch.manual_seed(0)
+    policy = promp.make_policy(envs.make_batched("Navigation2D", num_tasks=1, episodes_per_task=1), args.hidden)
+    evaluate = lambda a: promp.evaluate(policy, a, num_tasks=3, steps=2, seed=5)
+    default = evaluate(args)
+    assert torch.equal(evaluate(replace(args, eval_inner_lr=(args.inner_lr,))), default)
+    scheduled = evaluate(replace(args, eval_inner_lr=(20 * args.inner_lr, args.inner_lr)))
+    assert torch.equal(scheduled[0], default[0])
+    assert not torch.allclose(scheduled[1], default[1])
 
 
 def test_cli_help():
