@@ -400,10 +400,8 @@ def main(args: Args) -> dict[str, float]:
     def checkpoint(iteration: int) -> None:
         """Writes the run's state (main process); every process must call it, since it gathers the buffers."""
         states = [(buffer_state(sac_buffers[k]), buffer_state(enc_buffers[k])) for k in owned]
-        if group is not None:  # every task's buffer states, in task order, on the main process
-            shares = [None] * world if main_process else None
-            torch.distributed.gather_object(states, shares, dst=0, group=group)
-            states = [state for share in shares for state in share] if main_process else []
+        shares = mo.distributed.gather_to_main(states, group=group)  # every task's, in task order, on the main
+        states = [state for share in shares for state in share] if main_process else []
         if not main_process:
             return
         save_checkpoint(ckpt_path, {

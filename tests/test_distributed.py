@@ -113,6 +113,10 @@ def _worker(rank, out_dir):
         mo.distributed.broadcast_params(model, group=group)
         results["broadcast"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
+        # each rank's object, in rank order, on rank 0 only
+        results["gathered"] = mo.distributed.gather_to_main({"rank": rank, "rows": torch.arange(rank + 1.0)},
+                                                            group=group)
+
         # only rank 0's logger writes files; the other keeps its rows in memory
         from metaops.experiment import RunLogger
 
@@ -240,6 +244,13 @@ def test_only_the_main_process_writes_logs(two_ranks):
     assert two_ranks[0]["logger"]["history"] == two_ranks[1]["logger"]["history"] == {"step": [1.0], "loss": [0.5]}
 
 
+def test_gather_to_main_collects_every_rank_in_order_on_rank_0_only(two_ranks):
+    gathered = two_ranks[0]["gathered"]
+    assert [g["rank"] for g in gathered] == [0, 1]
+    assert [g["rows"].tolist() for g in gathered] == [[0.0], [0.0, 1.0]]
+    assert two_ranks[1]["gathered"] is None
+
+
 def test_a_nan_task_on_one_rank_raises_on_every_rank(two_ranks):
     assert "tasks [3] of 4" in two_ranks[1]["nan"]
     assert two_ranks[0]["nan"] is not None and "other processes' tasks" in two_ranks[0]["nan"]
@@ -250,6 +261,7 @@ def test_one_process_helpers():
     assert mo.distributed.is_main_process() and mo.distributed.rank() == 0 and mo.distributed.world_size() == 1
     support = tasks(3)[0]
     assert mo.distributed.shard_tasks(support) is support
+    assert mo.distributed.gather_to_main(support) == [support]
 
 
 # ---- the recipe under torchrun ---------------------------------------------------------------------

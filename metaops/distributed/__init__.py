@@ -9,7 +9,13 @@ flat ``all_reduce`` per step (``metaops.meta_value_and_grad(..., process_group=g
 [metaops.distributed.all_reduce_mean][]). Every process then takes the same optimizer step.
 """
 
-from metaops.distributed._reduce import all_reduce_mean, any_process, broadcast_params, on_main_process
+from metaops.distributed._reduce import (
+    all_reduce_mean,
+    any_process,
+    broadcast_params,
+    gather_to_main,
+    on_main_process,
+)
 from metaops.distributed._setup import init, is_initialized, is_main_process, rank, world_size
 from metaops.distributed._tasks import gather_tasks, shard_tasks, task_slice
 
@@ -25,5 +31,6 @@ __all__ = [
     "all_reduce_mean",
     "broadcast_params",
     "on_main_process",
+    "gather_to_main",
     "any_process",
 ]

@@ -15,7 +15,7 @@ from metaops.tree import tree_flatten, tree_unflatten
 from metaops.typing import PyTree
 
 __all__ = ["all_reduce_mean", "any_process", "broadcast_params", "flat_all_reduce_sum", "broadcast_object",
-           "on_main_process"]
+           "gather_to_main", "on_main_process"]
 
 
 def flat_all_reduce_sum(tensors: list[Tensor], group: ProcessGroup) -> list[Tensor]:
@@ -103,6 +103,33 @@ def broadcast_object(obj: Any, group: ProcessGroup | None, *, src: int = 0) -> A
 
 
 T = TypeVar("T")
+
+
+def gather_to_main(obj: T, *, group: ProcessGroup | None = None) -> list[T] | None:
+    """Every process's ``obj``, in rank order, on the main process; ``None`` on the others.
+
+    For state that each process holds a share of and only the main process writes, such as
+    the replay buffers of the tasks a process owns when a checkpoint is saved. The objects are
+    pickled (``torch.distributed.gather_object``): tensors travel through the CPU. Every
+    process of ``group`` must call it.
+
+    Args:
+        obj: This process's object (picklable).
+        group: The process group, or ``None`` (one process: ``[obj]``).
+
+    Returns:
+        On the main process, ``[obj of rank 0, obj of rank 1, ...]``; on every other process, ``None``.
+
+    Examples:
+        >>> gather_to_main({"task": 0})     # one process: a list of one
+        [{'task': 0}]
+    """
+    if group is None:
+        return [obj]
+    main = rank(group) == 0
+    shares: list[Any] | None = [None] * world_size(group) if main else None
+    dist.gather_object(obj, shares, dst=dist.get_global_rank(group, 0), group=group)
+    return shares
 
 
 def on_main_process(fn: Callable[[], T], *, group: ProcessGroup | None = None) -> T:
