@@ -16,6 +16,7 @@ all tasks (``metaops.distributed``); the run equals one process's up to float ro
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -92,6 +93,10 @@ class Args:
     """Adam learning rate of the meta-parameters"""
     clip: float = 0.3
     """PPO clip range epsilon of the outer objective"""
+    outer_max_kl: float | None = 1.0
+    """guard against a runaway outer step: an Adam step after which the post-update policies are more than this
+    mean KL (nats per state) from the ones that sampled the batch is undone, and the iteration's outer steps stop
+    (logged as outer/steps); typical steps move 0.01-0.2. None: no guard, as in the reference code"""
     kl_coeff: float | None = None
     """initial inner-KL penalty coefficient; None: the reference's (5e-4; 1e-3 RandParams)"""
     kl_target: float | None = None
@@ -131,7 +136,7 @@ RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "progress"
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
 FIELDS = ["return/pre", "return/post", "objective/before", "objective/after", "kl/inner", "kl/inner_coeff",
-          "kl/outer", "policy/std", "env_steps", "time/sample_s", "time/adapt_s", "time/outer_s"]
+          "kl/outer", "outer/steps", "policy/std", "env_steps", "time/sample_s", "time/adapt_s", "time/outer_s"]
 """CSV/TensorBoard columns, one row per meta-iteration (see the docs page)."""
 
 
@@ -153,6 +158,8 @@ def validate(args: Args) -> None:
                    "checkpoint_every")
     if args.min_std > args.init_std:
         raise ValueError(f"min_std ({args.min_std}) must not exceed init_std ({args.init_std})")
+    if args.outer_max_kl is not None:
+        check_positive(args, "outer_max_kl")
     if args.kl_coeff < 0 or args.kl_target < 0:
         raise ValueError(f"need kl_coeff >= 0 and kl_target >= 0, got {args.kl_coeff}, {args.kl_target}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:
@@ -312,6 +319,17 @@ def main(args: Args) -> dict[str, float]:
             "log_rows": logger.rows, "env_steps": env_steps,
         })
 
+    def too_far(outer_kl: Tensor) -> bool:  # the post-update policies moved too far from the sampling ones
+        return args.outer_max_kl is not None and not outer_kl.item() <= args.outer_max_kl  # NaN is too far too
+
+    def snapshot():  # the meta-parameters and Adam's state, to undo one outer step
+        return ({k: v.detach().clone() for k, v in policy.state_dict().items()},
+                copy.deepcopy(meta_opt.state_dict()))
+
+    def restore(state) -> None:
+        policy.load_state_dict(state[0])
+        meta_opt.load_state_dict(state[1])
+
     # --- meta-training ---------------------------------------------------------------------------
     train_start = time.perf_counter()
     for it in range(start, args.iterations):
@@ -347,21 +365,32 @@ def main(args: Args) -> dict[str, float]:
         # 3. outer steps: Adam on theta, each re-computing the adaptation from the current theta
         t0 = time.perf_counter()
         data = (pre, pre_old_dists, post, post_old_dist)
+        steps_kept, before_last_step = args.outer_steps, None
         for step in range(args.outer_steps):
             theta = mo.nn.named_params(policy)
-            objective, _, _ = outer_objective(theta, data, kl_coeffs)
+            objective, _, outer_kl = outer_objective(theta, data, kl_coeffs)
             grads = dict(zip(theta, torch.autograd.grad(-objective, list(theta.values()), allow_unused=True)))
             grads = {name: grad for name, grad in grads.items() if grad is not None}  # None: log-std at its floor
-            objective, grads = mean_over_all_tasks((objective.detach(), grads))  # one all_reduce (none alone)
+            objective, outer_kl, grads = mean_over_all_tasks((objective.detach(), outer_kl, grads))  # one all_reduce
+            if step == 0:
+                objective_before = objective.item()
+            elif too_far(outer_kl):  # the previous step ran away: undo it and stop
+                restore(before_last_step)
+                steps_kept = step - 1
+                break
+            before_last_step = snapshot() if args.outer_max_kl is not None else None
             meta_opt.zero_grad()
             for name, grad in grads.items():
                 theta[name].grad = grad
             meta_opt.step()
-            if step == 0:
-                objective_before = objective.item()
         with torch.no_grad():  # statistics at the updated theta (inner adaptation still differentiates)
             objective_after, inner_kl, outer_kl = mean_over_all_tasks(
                 outer_objective(mo.nn.named_params(policy), data, kl_coeffs))
+            if steps_kept == args.outer_steps and too_far(outer_kl):  # the last step ran away
+                restore(before_last_step)
+                steps_kept -= 1
+                objective_after, inner_kl, outer_kl = mean_over_all_tasks(
+                    outer_objective(mo.nn.named_params(policy), data, kl_coeffs))
         if args.kl_target > 0:
             kl_coeffs = adapt_kl_coeffs(kl_coeffs, inner_kl.double(), target=args.kl_target)
         outer_s = time.perf_counter() - t0
@@ -375,7 +404,7 @@ def main(args: Args) -> dict[str, float]:
         logger.log(it + 1, {
             "return/pre": pre_returns.item(), "return/post": post_return, "objective/before": objective_before,
             "objective/after": objective_after.item(), "kl/inner": inner_kl.mean().item(),
-            "kl/inner_coeff": kl_coeffs.mean().item(), "kl/outer": outer_kl.item(),
+            "kl/inner_coeff": kl_coeffs.mean().item(), "kl/outer": outer_kl.item(), "outer/steps": steps_kept,
             "policy/std": std, "env_steps": env_steps,
             "time/sample_s": sample_s, "time/adapt_s": adapt_s, "time/outer_s": outer_s,
         })

@@ -65,6 +65,33 @@ def test_resume_is_exact(tmp_path):
     assert _rows(straight) == _rows(resumed)
 
 
+@pytest.mark.parametrize("outer_steps", [1, 3])
+def test_outer_kl_guard_undoes_a_step_that_moves_too_far(tmp_path, outer_steps):
+    """A bound below any real step undoes the first step of every iteration, whether it is found at the next
+    step's forward pass (3 steps) or in the statistics after the last (1 step): the policy stays at its
+    initialisation, Adam's state is unchanged, and the CSV says 0 steps were kept. A loose bound never acts: the
+    run equals the unguarded one exactly."""
+    args = replace(TINY, outer_steps=outer_steps)
+    tight, loose, unguarded = (tmp_path / name for name in ("tight", "loose", "none"))
+    promp.main(replace(args, out_dir=str(tight), outer_max_kl=1e-30))
+    promp.main(replace(args, out_dir=str(loose), outer_max_kl=1e6))
+    promp.main(replace(args, out_dir=str(unguarded), outer_max_kl=None))
+    torch.manual_seed(TINY.seed)  # the recipe's initial policy
+    initial = promp.make_policy(envs.make_batched("Navigation2D", num_tasks=1, episodes_per_task=1), TINY.hidden)
+    kept = load_checkpoint(tight / "checkpoint.pt")
+    for name, value in initial.state_dict().items():
+        assert torch.equal(kept["policy"][name], value), name
+    assert kept["optimizer"]["state"] == {}  # Adam's state is undone with the step
+    assert [float(r["outer/steps"]) for r in _rows(tight)] == [0, 0]
+    assert all(float(r["kl/outer"]) == 0.0 for r in _rows(tight))  # statistics of the kept (initial) policy
+    a, b = load_checkpoint(loose / "checkpoint.pt"), load_checkpoint(unguarded / "checkpoint.pt")
+    for name, value in a["policy"].items():
+        assert torch.equal(value, b["policy"][name]), name
+        assert not torch.equal(value, kept["policy"][name]) or "log_std" in name, name  # it did train
+    assert _rows(loose) == _rows(unguarded)
+    assert [float(r["outer/steps"]) for r in _rows(loose)] == [outer_steps] * 2
+
+
 def test_resume_refuses_another_configuration(tmp_path):
     promp.main(replace(TINY, out_dir=str(tmp_path), iterations=1))
     with pytest.raises(ValueError, match="clip"):
@@ -101,6 +128,8 @@ def test_bad_arguments_raise(tmp_path):
         promp.main(replace(TINY, out_dir=str(tmp_path), env="Pendulum"))
     with pytest.raises(ValueError, match="eval_episodes"):
         promp.main(replace(TINY, out_dir=str(tmp_path), eval_episodes=0))
+    with pytest.raises(ValueError, match="outer_max_kl"):
+        promp.main(replace(TINY, out_dir=str(tmp_path), outer_max_kl=0.0))
     for bad in [(), (0.1, 0.0), (float("nan"),)]:
         with pytest.raises(ValueError, match="eval_inner_lr"):
             promp.main(replace(TINY, out_dir=str(tmp_path), eval_inner_lr=bad))
