@@ -81,6 +81,9 @@ class Args:
     """hidden layer widths of the tanh Gaussian MLP policy"""
     init_std: float = 0.1
     """initial std of the policy as a fraction of the action half-range (the reference's 1 in [-10, 10])"""
+    action_units: float = 10.0
+    """half-range of the policy's normalised action space, in which its mean and std live: 10 is the reference
+    code's [-10, 10]; 1 is rllab's [-1, 1], the MAML paper's (there an inner step moves the mean 100x more)"""
     min_std: float = 1e-7
     """floor of the std as a fraction of the action half-range (the reference's 1e-6 in [-10, 10])"""
     inner_steps: int | None = None
@@ -153,7 +156,7 @@ def resolve(args: Args) -> Args:
 
 
 def validate(args: Args) -> None:
-    check_positive(args, "iterations", "meta_batch", "episodes", "horizon", "inner_steps", "inner_lr",
+    check_positive(args, "iterations", "meta_batch", "episodes", "horizon", "inner_steps", "inner_lr", "action_units",
                    "outer_steps", "outer_lr", "clip", "init_std", "min_std", "threads", "physics_threads",
                    "checkpoint_every")
     if args.min_std > args.init_std:
@@ -172,10 +175,11 @@ def validate(args: Args) -> None:
 
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, init_std: float = 0.1,
-                min_std: float = 1e-7) -> rl.GaussianMLPPolicy:
+                min_std: float = 1e-7, action_units: float = 10.0) -> rl.GaussianMLPPolicy:
     """The reference code's policy: tanh MLP (Glorot-uniform weights, zero biases), mean squashed into the action
-    bounds, std in half-ranges."""
-    bound = 10.0  # the reference code's normalised action space [-10, 10]: std init_std * 10 there
+    bounds, std in half-ranges; it acts in [-action_units, action_units] (the reference's 10: std init_std * 10
+    there), rescaled to the bounds."""
+    bound = action_units
     return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.Tanh,
                                 init_log_std=math.log(init_std * bound), min_log_std=math.log(min_std * bound),
                                 action_bounds=(env.action_low, env.action_high), normalized_bound=bound,
@@ -245,7 +249,8 @@ def main(args: Args) -> dict[str, float]:
     tasks_dist = envs.task_distribution(args.env)
     env = envs.make_batched(args.env, num_tasks=num_mine, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
-    policy = make_policy(env, args.hidden, init_std=args.init_std, min_std=args.min_std)
+    policy = make_policy(env, args.hidden, init_std=args.init_std, min_std=args.min_std,
+                         action_units=args.action_units)
     mo.distributed.broadcast_params(policy, group=group)
     half_range = torch.as_tensor((env.action_high - env.action_low) / 2, dtype=torch.float32)
     meta_opt = torch.optim.Adam(policy.parameters(), lr=args.outer_lr)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.func import functional_call
 
 import metaops as mo
 from metaops import envs, estimators
@@ -90,6 +91,26 @@ def test_outer_kl_guard_undoes_a_step_that_moves_too_far(tmp_path, outer_steps):
         assert not torch.equal(value, kept["policy"][name]) or "log_std" in name, name  # it did train
     assert _rows(loose) == _rows(unguarded)
     assert [float(r["outer/steps"]) for r in _rows(loose)] == [outer_steps] * 2
+
+
+def test_action_units_keep_the_std_and_scale_the_inner_step():
+    """The std is a fraction of the half-range in any units; an SGD step on the mean moves the mean (1/L)^2 as
+    far in units L, so rllab's [-1, 1] (the MAML paper's) moves it 100x as far as the reference code's [-10, 10]."""
+    env = envs.make_batched("Navigation2D", num_tasks=1, episodes_per_task=1)
+    half_range = float(env.action_high[0] - env.action_low[0]) / 2
+    action, obs, lr = torch.tensor([[0.05, -0.02]]), torch.zeros(1, env.observation_dim), 1e-6
+    moved = {}
+    for units in (1.0, 10.0):
+        torch.manual_seed(0)
+        policy = promp.make_policy(env, (8,), init_std=0.5, action_units=units)
+        mean, log_std = policy(obs)
+        assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.5 * half_range))
+        params = dict(policy.named_parameters())
+        step = lambda p: policy.log_prob(functional_call(policy, p, (obs,)), action).sum()
+        grads = torch.func.grad(step)(params)
+        new_mean = functional_call(policy, {k: v + lr * grads[k] for k, v in params.items()}, (obs,))[0]
+        moved[units] = (new_mean - mean).detach()
+    assert torch.allclose(moved[1.0], 100 * moved[10.0], rtol=1e-3)
 
 
 def test_resume_refuses_another_configuration(tmp_path):
