@@ -68,6 +68,9 @@ class Args:
     """--policy bounded: initial std as a fraction of the action half-range"""
     min_std: float = 0.01
     """--policy bounded: floor of the std as a fraction of the action half-range"""
+    action_units: float = 10.0
+    """--policy bounded: half-range of the normalised action space of the mean and std (10: the reference
+    code's [-10, 10]; 1: rllab's [-1, 1], in which the MAML paper's inner step size 0.5 was tuned)"""
     estimator: Literal["dice", "lvc", "score-function"] = "dice"
     """inner-step surrogate: same gradient, different Hessian (see the docs page)"""
     dice_decay: float = 1.0
@@ -147,7 +150,7 @@ def validate(args: Args) -> None:
         raise ValueError(f"fisher_subsample must be in (0, 1], got {args.fisher_subsample}")
     check_positive(args, "iterations", "episodes", "inner_steps", "inner_lr", "max_kl", "cg_steps",
                    "max_backtracks", "threads", "physics_threads", "checkpoint_every", "init_std", "min_std",
-                   "warn_inner_kl", "warn_log_std_change")
+                   "action_units", "warn_inner_kl", "warn_log_std_change")
     if args.inner_max_kl is not None:
         check_positive(args, "inner_max_kl")
     if args.min_std > args.init_std:
@@ -166,11 +169,11 @@ def validate(args: Args) -> None:
 
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, kind: str = "unbounded", init_std: float = 0.1,
-                min_std: float = 0.01) -> rl.GaussianMLPPolicy:
+                min_std: float = 0.01, action_units: float = 10.0) -> rl.GaussianMLPPolicy:
     """The MAML paper's policy (``unbounded``) or the reference code's (``bounded``: ProMP's, std in half-ranges)."""
     if kind == "unbounded":
         return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.ReLU)
-    bound = 10.0  # the reference code's normalised action space [-10, 10]: std init_std * 10 there
+    bound = action_units  # the reference code's normalised action space is [-10, 10]: std init_std * 10 there
     return rl.GaussianMLPPolicy(env.observation_dim, env.action_dim, hidden_sizes=hidden, activation=nn.Tanh,
                                 init_log_std=math.log(init_std * bound), min_log_std=math.log(min_std * bound),
                                 action_bounds=(env.action_low, env.action_high), normalized_bound=bound,
@@ -266,7 +269,8 @@ def main(args: Args) -> dict[str, float]:
     env = envs.make_batched(env_name, num_tasks=num_mine, episodes_per_task=args.episodes,
                             num_threads=args.physics_threads)
     horizon = args.horizon or env.horizon
-    policy = make_policy(env, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std)
+    policy = make_policy(env, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std,
+                         action_units=args.action_units)
     mo.distributed.broadcast_params(policy, group=group)
     loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
     check_step = make_step_check(policy, args)

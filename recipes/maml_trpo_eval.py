@@ -64,7 +64,8 @@ def main(eval_args: EvalArgs) -> dict[str, float]:
     env_name = args.env
 
     probe = envs.make_batched(env_name, num_tasks=1, episodes_per_task=1)
-    policy = make_policy(probe, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std)
+    policy = make_policy(probe, args.hidden, kind=args.policy, init_std=args.init_std, min_std=args.min_std,
+                         action_units=args.action_units)
     policy.load_state_dict(ckpt["policy"])
     loss_fn = make_inner_loss(policy, args.estimator, dice_decay=args.dice_decay)
     torch.manual_seed(eval_args.seed)

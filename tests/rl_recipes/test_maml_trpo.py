@@ -93,6 +93,9 @@ def test_bounded_policy_is_the_reference_parameterisation():
         torch.testing.assert_close(log_std.exp(), torch.full((50, 2), 0.01))  # 0.1 x half-range 0.1
         policy.log_std.fill_(-20.0)
         torch.testing.assert_close(policy(torch.randn(3, 2))[1].exp(), torch.full((3, 2), 0.001))  # floor
+    rllab_units = maml_trpo.make_policy(env, (8,), kind="bounded", init_std=1.0, min_std=0.01, action_units=1.0)
+    assert rllab_units.normalized_bound == 1.0
+    torch.testing.assert_close(rllab_units(torch.randn(3, 2))[1].exp(), torch.full((3, 2), 0.1))  # 1 half-range
     unbounded = maml_trpo.make_policy(env, (8,))
     assert isinstance(unbounded.mean_net[1], torch.nn.ReLU) and not unbounded.bounded
 
