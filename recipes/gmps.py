@@ -122,6 +122,11 @@ RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "progress"
                "physics_threads", "eval_tasks", "eval_steps", "eval_seed")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
+ADDED_FIELDS = {"inner_max_kl": None}
+"""Fields added after checkpoints were written (the KL-bounded inner step), with the value
+those runs used: an older checkpoint resumes exactly with these values and is refused, naming the field, with
+others."""
+
 FIELDS = ["return/pre", "return/demos", "bc/before", "bc/after", "inner/kl", "inner/lr_mean", "policy/std",
           "env_steps", "time/sample_s", "time/outer_s"]
 """CSV/TensorBoard columns, one row per meta-iteration (see the docs page)."""
@@ -286,7 +291,8 @@ def main(args: Args) -> dict[str, float]:
     ckpt_path = out / "checkpoint.pt"
     ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
         lambda: load_run_checkpoint(ckpt_path, recipe="gmps", config=asdict(args), ignore=RUN_CONTROL,
-                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+                                    iterations=args.iterations, added=ADDED_FIELDS)
+        if args.resume and ckpt_path.exists() else None,
         group=group)
     if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])

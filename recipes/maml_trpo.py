@@ -137,6 +137,11 @@ RUN_CONTROL = ("out_dir", "iterations", "checkpoint_every", "resume", "compile",
                "threads", "physics_threads", "eval_tasks", "eval_steps", "eval_seed", "eval_episodes", "eval_inner_lr")
 """Fields a resumed run may change; every other field must match the checkpoint's."""
 
+ADDED_FIELDS = {"action_units": 10.0}
+"""Fields added after checkpoints were written (the bounded policy's action units), with the value
+those runs used: an older checkpoint resumes exactly with these values and is refused, naming the field, with
+others."""
+
 FIELDS = ["return/pre", "return/post", "trpo/surrogate", "trpo/improvement", "trpo/kl", "trpo/backtracks",
           "trpo/accepted", "policy/std", "inner/kl", "inner/kl_max", "inner/step_norm", "inner/log_std_change",
           "env_steps", "time/sample_s", "time/update_s"]
@@ -308,7 +313,8 @@ def main(args: Args) -> dict[str, float]:
     ckpt_path = out / "checkpoint.pt"
     ckpt = mo.distributed.on_main_process(  # the main process reads it, every process gets the state
         lambda: load_run_checkpoint(ckpt_path, recipe="maml_trpo", config=asdict(args), ignore=RUN_CONTROL,
-                                    iterations=args.iterations) if args.resume and ckpt_path.exists() else None,
+                                    iterations=args.iterations, added=ADDED_FIELDS)
+        if args.resume and ckpt_path.exists() else None,
         group=group)
     if ckpt is not None:
         policy.load_state_dict(ckpt["policy"])

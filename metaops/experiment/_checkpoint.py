@@ -164,6 +164,7 @@ def load_run_checkpoint(
     config: Mapping[str, Any],
     ignore: Iterable[str] = (),
     iterations: int,
+    added: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Loads a recipe's checkpoint to resume it, refusing one that does not belong to this run.
 
@@ -177,6 +178,11 @@ def load_run_checkpoint(
         config: The current configuration, compared with the stored ``"config"``.
         ignore: Fields a resumed run may change (run control such as ``iterations``).
         iterations: The run's total iterations; the stored ``"iteration"`` may not exceed it.
+        added: Fields the recipe gained after some checkpoints were written, each with the
+            value that such a checkpoint's run used (the behaviour before the field existed).
+            A checkpoint without the field is compared as if it had that value, so an old run
+            resumes exactly when the field is set to it, and is refused, naming the field,
+            when it is not.
 
     Returns:
         The checkpoint's state dict.
@@ -196,6 +202,10 @@ def load_run_checkpoint(
         Traceback (most recent call last):
         ...
         ValueError: ... was written by recipe 'demo', not other
+        >>> # a field added to the recipe later: the old run had no clipping (clip=None)
+        >>> load_run_checkpoint(path, recipe="demo", config={"lr": 0.1, "clip": None}, iterations=10,
+        ...                     added={"clip": None})["iteration"]
+        3
     """
     try:
         state = load_checkpoint(path)
@@ -205,7 +215,8 @@ def load_run_checkpoint(
         ) from None
     if state.get("recipe") != recipe:
         raise ValueError(f"{path} was written by recipe {state.get('recipe')!r}, not {recipe}")
-    check_same_config(state["config"], config, ignore=ignore)
+    saved = {**(added or {}), **state["config"]}  # a field the checkpoint lacks: the value its run used
+    check_same_config(saved, config, ignore=ignore)
     if state["iteration"] > iterations:
         raise ValueError(f"{path} is at iteration {state['iteration']}, beyond --iterations {iterations}")
     return state

@@ -116,3 +116,19 @@ def test_resuming_from_a_corrupt_file_suggests_no_resume(tmp_path):
     message = str(error.value)
     assert str(path) in message and "--no-resume" in message and "delete" in message
     assert "weights_only" not in message and error.value.__suppress_context__
+
+
+def test_a_checkpoint_older_than_a_field_resumes_with_the_value_its_run_used(tmp_path):
+    """added={field: old value}: a checkpoint without the field compares as if it had the old value."""
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"recipe": "demo", "config": {"lr": 0.1}, "iteration": 3})
+    old_behaviour, new_default = {"lr": 0.1, "guard": None}, {"lr": 0.1, "guard": 1.0}
+    assert load_run_checkpoint(path, recipe="demo", config=old_behaviour, iterations=5,
+                               added={"guard": None})["iteration"] == 3
+    with pytest.raises(ValueError, match=r"guard: None \(checkpoint\) != 1.0 \(now\)"):
+        load_run_checkpoint(path, recipe="demo", config=new_default, iterations=5, added={"guard": None})
+    with pytest.raises(ValueError, match=r"guard: '<missing>' \(checkpoint\)"):  # without `added`: refused
+        load_run_checkpoint(path, recipe="demo", config=old_behaviour, iterations=5)
+    save_checkpoint(path, {"recipe": "demo", "config": {"lr": 0.1, "guard": 1.0}, "iteration": 3})
+    assert load_run_checkpoint(path, recipe="demo", config=new_default, iterations=5,
+                               added={"guard": None})["iteration"] == 3  # a stored value wins over `added`

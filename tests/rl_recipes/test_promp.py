@@ -15,7 +15,7 @@ from torch.func import functional_call
 
 import metaops as mo
 from metaops import envs, estimators
-from metaops.experiment import load_checkpoint, mean_confidence_interval
+from metaops.experiment import load_checkpoint, mean_confidence_interval, save_checkpoint
 from recipes import promp
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +111,21 @@ def test_action_units_keep_the_std_and_scale_the_inner_step():
         new_mean = functional_call(policy, {k: v + lr * grads[k] for k, v in params.items()}, (obs,))[0]
         moved[units] = (new_mean - mean).detach()
     assert torch.allclose(moved[1.0], 100 * moved[10.0], rtol=1e-3)
+
+
+def test_a_checkpoint_from_before_the_guard_resumes_unguarded(tmp_path):
+    """A checkpoint written before outer_max_kl and action_units existed ran unguarded in the reference units: it
+    resumes with --outer-max-kl None, and the default guard is refused with a message that names the field."""
+    promp.main(replace(TINY, out_dir=str(tmp_path), iterations=1))
+    path = tmp_path / "checkpoint.pt"
+    old = load_checkpoint(path)
+    for field in promp.ADDED_FIELDS:
+        del old["config"][field]
+    save_checkpoint(path, old)
+    with pytest.raises(ValueError, match=r"outer_max_kl: None \(checkpoint\) != 1.0 \(now\)"):
+        promp.main(replace(TINY, out_dir=str(tmp_path), iterations=2))
+    metrics = promp.main(replace(TINY, out_dir=str(tmp_path), iterations=2, outer_max_kl=None))
+    assert load_checkpoint(path)["iteration"] == 2 and math.isfinite(metrics["return_post_last10"])
 
 
 def test_resume_refuses_another_configuration(tmp_path):
