@@ -7,7 +7,9 @@ valid while the meta-parameters move. Outer step: several Adam steps on the PPO-
 likelihood ratio of the adapted policies on post-update episodes, minus a penalty on the KL
 between the policies that sampled the pre-update episodes and the current ones (fixed or
 adaptive coefficient), each step recomputing the adaptation of every task from the current
-meta-parameters (vmapped over tasks).
+meta-parameters (vmapped over tasks). Not in the reference: a step that moves the adapted policies
+more than ``--outer-max-kl`` nats per state from the sampling ones is undone (a runaway step once
+wrecked an 80M-step run).
 
 Run ``python -m recipes.promp --help`` for the options. Under ``torchrun`` every process samples,
 adapts and differentiates its share of each meta-batch and the outer gradients are averaged over
