@@ -19,11 +19,17 @@ Two commands:
   repeated because the machine may be shared; the median and the minimum are reported.
 * `train`: one training run of `--steps` environment steps for one implementation and seed,
   then `--eval-episodes` deterministic episodes (the mean action); appends a JSON line to `--out`.
+  With `--checkpoint PATH` the run saves its whole state there (atomically) every
+  `--checkpoint-every` steps, always at an episode boundary, and the same command resumes from it:
+  a metaops run resumes exactly (the same numbers as a run never stopped), and so does an SB3 run,
+  whose model, optimizers, replay buffer, random generators and environment are restored piece by
+  piece (tests/benchmarks/test_bench_sac.py checks both). Ctrl-C stops at once; the run resumes
+  from its last checkpoint.
 
 Usage:
     python benchmarks/bench_sac.py timing [--repeats 5] [--threads 1 2] [--updates 1000]
     python benchmarks/bench_sac.py train --impl metaops --seed 0 --steps 100000 --eval-at 25000 50000 75000 \
-        --out runs/sac.jsonl
+        --out runs/sac.jsonl [--checkpoint runs/sac_metaops_s0.pt --checkpoint-every 10000]
     python benchmarks/bench_sac.py summary runs/sac.jsonl [--plot benchmarks/figures/sac_cheetah.png]
 """
 
@@ -32,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import random
 import statistics
 import time
 from pathlib import Path
@@ -40,11 +47,49 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from metaops.experiment import load_checkpoint, save_checkpoint
 from metaops.rl import ReplayBuffer, SquashedGaussianMLPPolicy, Transitions, TwinQCritic, polyak_update, sac_loss
 
 ENV = "HalfCheetah-v5"
 HP = dict(lr=3e-4, buffer_size=1_000_000, batch_size=256, tau=0.005, gamma=0.99, learning_starts=100,
           hidden=(256, 256))
+
+
+def make_env(max_episode_steps: int | None = None) -> gym.Env:
+    """HalfCheetah-v5 with its 1,000-step time limit, or a shorter one (the tests use 200)."""
+    return gym.make(ENV, max_episode_steps=max_episode_steps)
+
+
+def env_state(env: gym.Env) -> dict:
+    """What a MuJoCo locomotion environment needs to continue exactly, taken right after a reset.
+
+    Joint positions and velocities (the observation is a function of them), and the generators
+    of the reset noise and of the action space. Taken only at an episode boundary: mid-episode
+    state (the time-limit counter, the solver's warm start) is not saved.
+    """
+    unwrapped = env.unwrapped
+    return {"qpos": torch.from_numpy(unwrapped.data.qpos.copy()), "qvel": torch.from_numpy(unwrapped.data.qvel.copy()),
+            "np_random": unwrapped.np_random.bit_generator.state,
+            "action_space": env.action_space.np_random.bit_generator.state}
+
+
+def restore_env_state(env: gym.Env, state: dict, reset) -> None:
+    """Puts `env_state`'s state back into an environment that `reset()` has just reset."""
+    reset()  # a fresh episode (time limit at 0, solver warm start cleared), as at the boundary saved
+    unwrapped = env.unwrapped
+    unwrapped.set_state(state["qpos"].numpy(), state["qvel"].numpy())
+    unwrapped.np_random.bit_generator.state = state["np_random"]
+    env.action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def numpy_rng_state() -> tuple:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
 
 
 class MetaopsSAC:
@@ -68,7 +113,7 @@ class MetaopsSAC:
         self.act_dim = act_dim
         env.action_space.seed(seed)
         self.obs, _ = env.reset(seed=seed)
-        self.steps, self.episode_return, self.returns = 0, 0.0, []
+        self.steps, self.episode_return, self.episode_steps, self.returns = 0, 0.0, 0, []
         self.last_aux: dict[str, float] = {}
 
     def act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -102,14 +147,40 @@ class MetaopsSAC:
             next_obs, reward, terminated, truncated, _ = self.env.step(action)
             self.buffer.add(self.obs[None], action[None], np.array([reward]), next_obs[None], np.array([terminated]))
             self.episode_return += float(reward)
+            self.episode_steps += 1
             self.obs = next_obs
             if terminated or truncated:
                 self.returns.append(self.episode_return)
                 self.obs, _ = self.env.reset()
-                self.episode_return = 0.0
+                self.episode_return, self.episode_steps = 0.0, 0
             self.steps += 1
             if self.steps > HP["learning_starts"]:
                 self.train(1)
+
+    def state_dict(self) -> dict:
+        """The whole training state, at an episode boundary (see `env_state`)."""
+        if self.episode_steps:
+            raise RuntimeError(f"MetaopsSAC.state_dict: {self.episode_steps} steps into an episode; save at a boundary")
+        return {"params": {k: ({n: p.detach() for n, p in v.items()} if isinstance(v, dict) else v.detach())
+                           for k, v in self.params.items()},
+                "target": self.target, "optimizer": self.optimizer.state_dict(), "buffer": self.buffer.state_dict(),
+                "noise": self.noise.get_state(), "env": env_state(self.env), "obs": torch.from_numpy(self.obs),
+                "steps": self.steps, "returns": list(self.returns), "last_aux": dict(self.last_aux)}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for group in ("policy", "critic"):
+                for name, p in self.params[group].items():
+                    p.copy_(state["params"][group][name])
+            self.params["log_alpha"].copy_(state["params"]["log_alpha"])
+        self.target = {k: v.clone() for k, v in state["target"].items()}
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.noise.set_state(state["noise"])
+        restore_env_state(self.env, state["env"], self.env.reset)
+        self.obs = state["obs"].numpy()
+        self.steps, self.returns, self.last_aux = state["steps"], list(state["returns"]), dict(state["last_aux"])
+        self.episode_return, self.episode_steps = 0.0, 0
 
     def evaluate(self, env: gym.Env, episodes: int, seed: int) -> list[float]:
         returns = []
@@ -132,6 +203,53 @@ def make_sb3(env: gym.Env, seed: int):
                learning_starts=HP["learning_starts"], batch_size=HP["batch_size"], tau=HP["tau"],
                gamma=HP["gamma"], train_freq=1, gradient_steps=1, ent_coef="auto",
                policy_kwargs=dict(net_arch=list(HP["hidden"])), seed=seed, device="cpu", verbose=0)
+
+
+SB3_BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
+
+def sb3_state(model) -> dict:
+    """An SB3 SAC's whole training state at an episode boundary, as tensors (no pickles).
+
+    Parameters and optimizer states (`get_parameters`), the entropy coefficient, the counters,
+    the filled part of the replay buffer, the torch / numpy / random generators (SB3 samples
+    actions with torch's and replay batches with numpy's global generator), the environment and
+    the Monitor's episode records.
+    """
+    monitor = model.get_env().envs[0]
+    if monitor.rewards:
+        raise RuntimeError(f"sb3_state: {len(monitor.rewards)} steps into an episode; save at a boundary")
+    buffer, size = model.replay_buffer, model.replay_buffer.size()
+    return {"parameters": model.get_parameters(), "log_ent_coef": model.log_ent_coef.detach().clone(),
+            "num_timesteps": model.num_timesteps, "n_updates": model._n_updates, "episode_num": model._episode_num,
+            "buffer": {f: torch.from_numpy(getattr(buffer, f)[:size].copy()) for f in SB3_BUFFER_FIELDS},
+            "buffer_pos": buffer.pos, "buffer_full": buffer.full,
+            "torch_rng": torch.get_rng_state(), "numpy_rng": numpy_rng_state(), "random_rng": random.getstate(),
+            "env": env_state(monitor), "obs": torch.from_numpy(model._last_obs.copy()),
+            "episode_returns": list(monitor.episode_returns), "episode_lengths": list(monitor.episode_lengths)}
+
+
+def load_sb3_state(model, state: dict) -> None:
+    model.set_parameters(state["parameters"], exact_match=True)
+    with torch.no_grad():
+        model.log_ent_coef.copy_(state["log_ent_coef"])
+    model.num_timesteps, model._n_updates, model._episode_num = (state["num_timesteps"], state["n_updates"],
+                                                                   state["episode_num"])
+    buffer = model.replay_buffer
+    for f in SB3_BUFFER_FIELDS:
+        saved = state["buffer"][f].numpy()
+        getattr(buffer, f)[: len(saved)] = saved
+    buffer.pos, buffer.full = state["buffer_pos"], state["buffer_full"]
+    vec_env = model.get_env()
+    monitor = vec_env.envs[0]
+    restore_env_state(monitor, state["env"], vec_env.reset)  # vec_env.reset also uses up SB3's pending reset seed
+    monitor.episode_returns = list(state["episode_returns"])
+    monitor.episode_lengths = list(state["episode_lengths"])
+    monitor.episode_times = [0.0] * len(monitor.episode_returns)
+    model._last_obs = state["obs"].numpy()
+    torch.set_rng_state(state["torch_rng"])
+    set_numpy_rng_state(state["numpy_rng"])
+    random.setstate(state["random_rng"])
 
 
 def sb3_evaluate(model, env: gym.Env, episodes: int, seed: int) -> list[float]:
@@ -186,27 +304,62 @@ def train(args: argparse.Namespace) -> None:
     """Train one implementation and seed; evaluate at every milestone of `--eval-at` and at `--steps`.
 
     Each evaluation appends one JSON line to `--out` as soon as it is done, so a stopped run keeps
-    the milestones it reached.
+    the milestones it reached. With `--checkpoint`, the state is saved every `--checkpoint-every`
+    steps and at every milestone, and a run started with an existing checkpoint continues from it
+    (its recorded milestones are not repeated).
     """
     torch.set_num_threads(args.threads)
+    episode = args.max_episode_steps or 1000
+    if args.checkpoint and args.checkpoint_every % episode:
+        raise SystemExit(f"--checkpoint-every {args.checkpoint_every} must be a multiple of the episode length "
+                         f"{episode}: a checkpoint is taken at an episode boundary")
     milestones = sorted({m for m in args.eval_at if 0 < m < args.steps} | {args.steps})
+    saves = set(range(args.checkpoint_every, args.steps, args.checkpoint_every)) if args.checkpoint else set()
+    if args.checkpoint and any(m % episode for m in milestones):
+        raise SystemExit(f"with --checkpoint, --steps and --eval-at must be multiples of the episode length {episode}")
+    config = {"impl": args.impl, "seed": args.seed, "threads": args.threads,
+              "max_episode_steps": args.max_episode_steps,
+              **{k: list(v) if isinstance(v, tuple) else v for k, v in HP.items()}}
+    env = make_env(args.max_episode_steps)
     if args.impl == "metaops":
-        agent = MetaopsSAC(gym.make(ENV), seed=args.seed)
+        agent = MetaopsSAC(env, seed=args.seed)
         learn = agent.learn
         train_returns = lambda: list(agent.returns)
         evaluate = lambda env: agent.evaluate(env, args.eval_episodes, seed=10_000 + args.seed)
+        get_state, set_state = agent.state_dict, agent.load_state_dict
     else:
-        model = make_sb3(gym.make(ENV), seed=args.seed)
+        model = make_sb3(env, seed=args.seed)
         learn = lambda steps: model.learn(steps, reset_num_timesteps=False)
         train_returns = lambda: [float(r) for r in model.env.envs[0].get_episode_rewards()]
         evaluate = lambda env: sb3_evaluate(model, env, args.eval_episodes, seed=10_000 + args.seed)
+        get_state, set_state = (lambda: sb3_state(model)), (lambda state: load_sb3_state(model, state))
     train_s, done = 0.0, 0
-    for milestone in milestones:
+    if args.checkpoint and Path(args.checkpoint).exists():
+        saved = load_checkpoint(args.checkpoint)
+        if saved["config"] != config:
+            changed = sorted(k for k in config if saved["config"].get(k) != config[k])
+            raise SystemExit(f"checkpoint {args.checkpoint} was written with other settings ({', '.join(changed)}: "
+                             f"{[saved['config'].get(k) for k in changed]}); rerun with those or another --checkpoint")
+        if saved["steps"] > args.steps:
+            raise SystemExit(f"checkpoint {args.checkpoint} is at {saved['steps']} steps, beyond --steps {args.steps}")
+        set_state(saved["state"])
+        train_s, done = saved["train_s"], saved["steps"]
+        print(f"resumed from {args.checkpoint} at {done} steps", flush=True)
+    for stop in sorted({s for s in saves | set(milestones) if s > done}):
         start = time.perf_counter()
-        learn(milestone - done)
-        train_s, done = train_s + time.perf_counter() - start, milestone
-        eval_returns = evaluate(gym.make(ENV))
-        record = {"impl": args.impl, "seed": args.seed, "steps": milestone, "threads": args.threads,
+        try:
+            learn(stop - done)
+        except KeyboardInterrupt:
+            where = f"resume from {args.checkpoint} ({done} steps)" if args.checkpoint else "no --checkpoint to resume"
+            raise SystemExit(f"stopped by Ctrl-C at about {done} + part of {stop - done} steps; {where}") from None
+        train_s, done = train_s + time.perf_counter() - start, stop
+        if args.checkpoint:
+            state = {"config": config, "steps": done, "train_s": train_s, "state": get_state()}
+            save_checkpoint(args.checkpoint, state)
+        if stop not in milestones:
+            continue
+        eval_returns = evaluate(make_env(args.max_episode_steps))
+        record = {"impl": args.impl, "seed": args.seed, "steps": stop, "threads": args.threads,
                   "train_s": round(train_s, 1), "eval_mean": float(np.mean(eval_returns)),
                   "eval_returns": eval_returns, "train_returns": train_returns()}
         print(json.dumps({k: v for k, v in record.items() if k != "train_returns"}), flush=True)
@@ -279,6 +432,12 @@ def main() -> None:
     p.add_argument("--eval-at", type=int, nargs="*", default=[],
                    help="also evaluate (and append a line) after these many environment steps")
     p.add_argument("--out", type=str, default="")
+    p.add_argument("--checkpoint", type=str, default="",
+                   help="save the run's state here and resume from it when it exists (exact; see the module doc)")
+    p.add_argument("--checkpoint-every", type=int, default=10_000,
+                   help="environment steps between checkpoints; a multiple of the episode length")
+    p.add_argument("--max-episode-steps", type=int, default=None,
+                   help="shorter episodes than HalfCheetah's 1,000 steps (for tests)")
     p.set_defaults(fn=train)
     p = sub.add_parser("summary")
     p.add_argument("path")
