@@ -137,12 +137,9 @@ def validate(args: Args) -> None:
                    "outer_steps", "outer_lr", "init_std", "min_std", "threads", "physics_threads", "checkpoint_every")
     if args.min_std > args.init_std:
         raise ValueError(f"min_std ({args.min_std}) must not exceed init_std ({args.init_std})")
-    if args.horizon is not None and args.horizon < 1:
-        raise ValueError(f"horizon must be positive, got {args.horizon}")
     if args.demo_noise < 0:
         raise ValueError(f"demo_noise must be >= 0, got {args.demo_noise}")
-    if args.inner_max_kl is not None and not 0 < args.inner_max_kl < float("inf"):
-        raise ValueError(f"inner_max_kl must be a positive number (or None: no bound), got {args.inner_max_kl}")
+    check_positive(args, "horizon", "inner_max_kl", allow_none=True)
     if args.bias_transform < 0:
         raise ValueError(f"bias_transform must be >= 0, got {args.bias_transform}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:

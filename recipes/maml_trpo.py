@@ -156,21 +156,11 @@ def validate(args: Args) -> None:
     check_positive(args, "iterations", "episodes", "inner_steps", "inner_lr", "max_kl", "cg_steps",
                    "max_backtracks", "threads", "physics_threads", "checkpoint_every", "init_std", "min_std",
                    "action_units", "warn_inner_kl", "warn_log_std_change")
-    if args.inner_max_kl is not None:
-        check_positive(args, "inner_max_kl")
     if args.min_std > args.init_std:
         raise ValueError(f"min_std ({args.min_std}) must not exceed init_std ({args.init_std})")
-    if args.meta_batch is not None and args.meta_batch < 1:
-        raise ValueError(f"meta_batch must be positive, got {args.meta_batch}")
-    if args.horizon is not None and args.horizon < 1:
-        raise ValueError(f"horizon must be positive, got {args.horizon}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:
         raise ValueError(f"need eval_tasks = 0 or >= 2 and eval_steps >= 0, got {args.eval_tasks}, {args.eval_steps}")
-    if args.eval_episodes is not None:
-        check_positive(args, "eval_episodes")
-    if args.eval_inner_lr is not None and (not args.eval_inner_lr or not all(0 < lr < float("inf") for lr in
-                                                                             args.eval_inner_lr)):
-        raise ValueError(f"eval_inner_lr must be one or more step sizes > 0, got {args.eval_inner_lr!r}")
+    check_positive(args, "inner_max_kl", "meta_batch", "horizon", "eval_episodes", "eval_inner_lr", allow_none=True)
 
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, kind: str = "unbounded", init_std: float = 0.1,

@@ -168,17 +168,11 @@ def validate(args: Args) -> None:
                    "checkpoint_every")
     if args.min_std > args.init_std:
         raise ValueError(f"min_std ({args.min_std}) must not exceed init_std ({args.init_std})")
-    if args.outer_max_kl is not None:
-        check_positive(args, "outer_max_kl")
     if args.kl_coeff < 0 or args.kl_target < 0:
         raise ValueError(f"need kl_coeff >= 0 and kl_target >= 0, got {args.kl_coeff}, {args.kl_target}")
     if args.eval_tasks == 1 or args.eval_tasks < 0 or args.eval_steps < 0:
         raise ValueError(f"need eval_tasks = 0 or >= 2 and eval_steps >= 0, got {args.eval_tasks}, {args.eval_steps}")
-    if args.eval_episodes is not None:
-        check_positive(args, "eval_episodes")
-    if args.eval_inner_lr is not None and (not args.eval_inner_lr or not all(0 < lr < float("inf") for lr in
-                                                                             args.eval_inner_lr)):
-        raise ValueError(f"eval_inner_lr must be one or more step sizes > 0, got {args.eval_inner_lr!r}")
+    check_positive(args, "outer_max_kl", "eval_episodes", "eval_inner_lr", allow_none=True)
 
 
 def make_policy(env: envs.BatchedEnv, hidden: tuple[int, ...], *, init_std: float = 0.1,

@@ -130,8 +130,7 @@ def validate(args: Args) -> None:
                    "demo_episodes", "eval_episodes", "threads", "physics_threads", "checkpoint_every")
     if not 0 <= args.gamma <= 1 or args.tau > 1:
         raise ValueError(f"need gamma in [0, 1] and tau in (0, 1], got gamma={args.gamma}, tau={args.tau}")
-    if args.horizon is not None and args.horizon < 1:
-        raise ValueError(f"horizon must be positive, got {args.horizon}")
+    check_positive(args, "horizon", allow_none=True)
     if args.learning_starts < 0 or args.demo_noise < 0:
         raise ValueError(f"need learning_starts >= 0 and demo_noise >= 0, got {args.learning_starts}, "
                          f"{args.demo_noise}")

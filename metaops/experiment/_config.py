@@ -8,15 +8,21 @@ from typing import Any
 __all__ = ["check_positive", "check_same_config"]
 
 
-def check_positive(config: Any, *names: str) -> None:
+def check_positive(config: Any, *names: str, allow_none: bool = False) -> None:
     """Raises a ``ValueError`` naming the first field of ``config`` that is not ``> 0``.
+
+    A field holding a tuple or list (a schedule, e.g. one step size per inner step) must hold
+    one or more numbers, each ``> 0``.
 
     Args:
         config: An object with the named attributes (e.g. a recipe's ``Args`` dataclass).
-        *names: Attribute names that must be positive finite numbers.
+        *names: Attribute names that must be positive finite numbers, or non-empty tuples or
+            lists of them.
+        allow_none: Accept ``None`` (an optional field left unset) for these names.
 
     Raises:
-        ValueError: ``"<name> must be > 0, got <value>"`` for the first offending field.
+        ValueError: ``"<name> must be > 0, got <value>"`` for the first offending field
+            (``"<name> must be one or more numbers > 0, ..."`` for a sequence).
 
     Examples:
         >>> from types import SimpleNamespace
@@ -24,10 +30,22 @@ def check_positive(config: Any, *names: str) -> None:
         Traceback (most recent call last):
         ...
         ValueError: lr must be > 0, got 0.0
+        >>> check_positive(SimpleNamespace(eval_lr=(0.5, 0.25), episodes=None), "eval_lr", "episodes",
+        ...                allow_none=True)
+        >>> check_positive(SimpleNamespace(eval_lr=()), "eval_lr")
+        Traceback (most recent call last):
+        ...
+        ValueError: eval_lr must be one or more numbers > 0, got ()
     """
+    positive = lambda v: not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < float("inf")
     for name in names:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        if value is None and allow_none:
+            continue
+        if isinstance(value, (tuple, list)):
+            if not value or not all(positive(v) for v in value):
+                raise ValueError(f"{name} must be one or more numbers > 0, got {value!r}")
+        elif not positive(value):
             raise ValueError(f"{name} must be > 0, got {value!r}")
 
 

@@ -63,6 +63,19 @@ def test_check_positive_rejects(value):
         check_positive(SimpleNamespace(shots=1, lr=value), "shots", "lr")
 
 
+@pytest.mark.parametrize("value", [(), [], (0.5, 0.0), (0.5, float("nan")), (1, True), ("3",), (None,)])
+def test_check_positive_rejects_bad_schedules(value):
+    with pytest.raises(ValueError, match="^lr must be one or more numbers > 0"):
+        check_positive(SimpleNamespace(lr=value), "lr", allow_none=True)
+
+
+def test_check_positive_accepts_schedules_and_optional_fields():
+    config = SimpleNamespace(lr=(0.5, 0.25), shots=[1], kl=None)
+    check_positive(config, "lr", "shots", "kl", allow_none=True)
+    with pytest.raises(ValueError, match="^kl must be > 0, got None"):  # None only where allowed
+        check_positive(config, "lr", "kl")
+
+
 def test_check_same_config_names_every_difference():
     check_same_config({"a": 1, "n": 5}, {"a": 1, "n": 9}, ignore=["n"])
     with pytest.raises(ValueError, match=r"a: 1 \(checkpoint\) != 2 \(now\); b: 'x' \(checkpoint\) != '<missing>'"):
