@@ -30,7 +30,7 @@ Usage:
     python benchmarks/bench_sac.py timing [--repeats 5] [--threads 1 2] [--updates 1000]
     python benchmarks/bench_sac.py train --impl metaops --seed 0 --steps 100000 --eval-at 25000 50000 75000 \
         --out runs/sac.jsonl [--checkpoint runs/sac_metaops_s0.pt --checkpoint-every 10000]
-    python benchmarks/bench_sac.py summary runs/sac.jsonl [--plot benchmarks/figures/sac_cheetah.png]
+    python benchmarks/bench_sac.py summary runs/sac.jsonl [more.jsonl ...] [--plot benchmarks/figures/sac_cheetah.png]
 """
 
 from __future__ import annotations
@@ -371,7 +371,11 @@ def train(args: argparse.Namespace) -> None:
 
 def summary(args: argparse.Namespace) -> None:
     """One row per implementation and milestone: mean, spread and per-seed evaluation returns; optional figure."""
-    records = [json.loads(line) for line in Path(args.path).read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for path in args.paths for line in Path(path).read_text().splitlines() if line.strip()]
+    seen = {(r["impl"], r["seed"], r["steps"]) for r in records}
+    if len(seen) < len(records):
+        raise SystemExit("summary: the files hold the same (implementation, seed, steps) more than once; "
+                         "pass each run's results once")
     print(
         "| implementation | steps | seeds | eval return, mean | std over seeds | per seed | last 5 training episodes "
         "(mean of seeds) | train wall s (mean) |"
@@ -390,6 +394,15 @@ def summary(args: argparse.Namespace) -> None:
                 f"{np.mean([r['train_s'] for r in rs]):.0f} |"
             )
             curves.setdefault(impl, []).append((steps, evals))
+    if {"metaops", "sb3"} <= set(curves):
+        print("\n| steps | metaops - sb3, mean of seeds | standard error (Welch) | seeds |")
+        print("|---:|---:|---:|---|")
+        theirs = dict(curves["sb3"])
+        for steps, ours in curves["metaops"]:
+            if steps in theirs and len(ours) > 1 and len(theirs[steps]) > 1:
+                other = theirs[steps]
+                error = (ours.var(ddof=1) / len(ours) + other.var(ddof=1) / len(other)) ** 0.5
+                print(f"| {steps} | {ours.mean() - other.mean():+.0f} | {error:.0f} | {len(ours)} + {len(other)} |")
     if args.plot:
         import matplotlib
 
@@ -440,7 +453,7 @@ def main() -> None:
                    help="shorter episodes than HalfCheetah's 1,000 steps (for tests)")
     p.set_defaults(fn=train)
     p = sub.add_parser("summary")
-    p.add_argument("path")
+    p.add_argument("paths", nargs="+", help="JSON-lines files written by `train --out` (e.g. one per machine)")
     p.add_argument("--plot", type=str, default="", help="also save a figure of the evaluation returns here (PNG)")
     p.set_defaults(fn=summary)
     args = parser.parse_args()

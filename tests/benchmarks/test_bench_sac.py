@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -87,3 +88,22 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="multiple of the episode length"):
         _train(bench, monkeypatch, "--impl", "metaops", "--steps", "400", "--checkpoint-every", "300",
                "--checkpoint", str(tmp_path / "other.pt"))
+
+
+def test_summary_reads_several_files_and_refuses_repeats(tmp_path, monkeypatch, capsys):
+    bench = _bench_sac()
+    evals = {"metaops": [1000.0, 3000.0, 5000.0], "sb3": [2500.0, 3500.0]}
+    for i, (impl, values) in enumerate(evals.items()):
+        lines = [json.dumps({"impl": impl, "seed": seed, "steps": 100, "threads": 1, "train_s": 1.0, "eval_mean": v,
+                             "eval_returns": [v], "train_returns": [v]}) for seed, v in enumerate(values)]
+        (tmp_path / f"{i}.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(sys, "argv", ["bench_sac.py", "summary", str(tmp_path / "0.jsonl"), str(tmp_path / "1.jsonl")])
+    bench.main()
+    out = capsys.readouterr().out
+    # difference of means 3000 - 3000 = 0; Welch standard error sqrt(4e6 / 3 + 5e5 / 2)
+    se = (statistics.variance(evals["metaops"]) / 3 + statistics.variance(evals["sb3"]) / 2) ** 0.5
+    assert f"| 100 | +0 | {se:.0f} | 3 + 2 |" in out
+    assert "| metaops | 100 | 3 | 3000 |" in out
+    monkeypatch.setattr(sys, "argv", ["bench_sac.py", "summary", str(tmp_path / "0.jsonl"), str(tmp_path / "0.jsonl")])
+    with pytest.raises(SystemExit, match="more than once"):
+        bench.main()
