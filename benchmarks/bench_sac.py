@@ -345,6 +345,8 @@ def train(args: argparse.Namespace) -> None:
         set_state(saved["state"])
         train_s, done = saved["train_s"], saved["steps"]
         print(f"resumed from {args.checkpoint} at {done} steps", flush=True)
+        if done == args.steps:
+            print(f"nothing to do: the run already has its {args.steps} steps (raise --steps to continue it)")
     for stop in sorted({s for s in saves | set(milestones) if s > done}):
         start = time.perf_counter()
         try:
