@@ -47,7 +47,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from metaops.experiment import load_checkpoint, save_checkpoint
+from metaops.experiment import load_run_checkpoint, save_checkpoint
 from metaops.rl import ReplayBuffer, SquashedGaussianMLPPolicy, Transitions, TwinQCritic, polyak_update, sac_loss
 
 ENV = "HalfCheetah-v5"
@@ -335,15 +335,10 @@ def train(args: argparse.Namespace) -> None:
         get_state, set_state = (lambda: sb3_state(model)), (lambda state: load_sb3_state(model, state))
     train_s, done = 0.0, 0
     if args.checkpoint and Path(args.checkpoint).exists():
-        saved = load_checkpoint(args.checkpoint)
-        if saved["config"] != config:
-            changed = sorted(k for k in config if saved["config"].get(k) != config[k])
-            raise SystemExit(f"checkpoint {args.checkpoint} was written with other settings ({', '.join(changed)}: "
-                             f"{[saved['config'].get(k) for k in changed]}); rerun with those or another --checkpoint")
-        if saved["steps"] > args.steps:
-            raise SystemExit(f"checkpoint {args.checkpoint} is at {saved['steps']} steps, beyond --steps {args.steps}")
+        # the recipes' resume check: same settings, not beyond --steps ("iteration" counts environment steps here)
+        saved = load_run_checkpoint(args.checkpoint, recipe="bench_sac", config=config, iterations=args.steps)
         set_state(saved["state"])
-        train_s, done = saved["train_s"], saved["steps"]
+        train_s, done = saved["train_s"], saved["iteration"]
         print(f"resumed from {args.checkpoint} at {done} steps", flush=True)
         if done == args.steps:
             print(f"nothing to do: the run already has its {args.steps} steps (raise --steps to continue it)")
@@ -356,7 +351,8 @@ def train(args: argparse.Namespace) -> None:
             raise SystemExit(f"stopped by Ctrl-C at about {done} + part of {stop - done} steps; {where}") from None
         train_s, done = train_s + time.perf_counter() - start, stop
         if args.checkpoint:
-            state = {"config": config, "steps": done, "train_s": train_s, "state": get_state()}
+            state = {"recipe": "bench_sac", "config": config, "iteration": done, "train_s": train_s,
+                     "state": get_state()}
             save_checkpoint(args.checkpoint, state)
         if stop not in milestones:
             continue

@@ -61,7 +61,7 @@ def test_resumed_run_equals_uninterrupted_run(impl, tmp_path, monkeypatch):
            "--checkpoint", str(tmp_path / "straight.pt"))
     _train(bench, monkeypatch, *common, "--steps", "200", "--out", str(tmp_path / "resumed.jsonl"),
            "--checkpoint", str(tmp_path / "resumed.pt"))
-    assert load_checkpoint(tmp_path / "resumed.pt")["steps"] == 200
+    assert load_checkpoint(tmp_path / "resumed.pt")["iteration"] == 200
     _train(bench, monkeypatch, *common, "--steps", "400", "--out", str(tmp_path / "resumed.jsonl"),
            "--checkpoint", str(tmp_path / "resumed.pt"))
 
@@ -72,7 +72,7 @@ def test_resumed_run_equals_uninterrupted_run(impl, tmp_path, monkeypatch):
         assert a["eval_returns"] == b["eval_returns"]
         assert a["train_returns"] == b["train_returns"] and len(a["train_returns"]) == a["steps"] // 200
     a, b = load_checkpoint(tmp_path / "straight.pt"), load_checkpoint(tmp_path / "resumed.pt")
-    assert a["steps"] == b["steps"] == 400
+    assert a["iteration"] == b["iteration"] == 400
     _assert_same(a["state"], b["state"])
     stored = a["state"]["buffer"]["sizes"].item() if impl == "metaops" else len(a["state"]["buffer"]["rewards"])
     assert stored == 400  # the states compared hold the whole run
@@ -82,7 +82,7 @@ def test_resume_refuses_other_settings(tmp_path, monkeypatch):
     bench = _bench_sac()
     _train(bench, monkeypatch, "--impl", "metaops", "--seed", "0", "--steps", "200",
            "--checkpoint", str(tmp_path / "run.pt"))
-    with pytest.raises(SystemExit, match=r"other settings \(seed"):
+    with pytest.raises(ValueError, match=r"seed: 0 \(checkpoint\) != 1 \(now\)"):
         _train(bench, monkeypatch, "--impl", "metaops", "--seed", "1", "--steps", "400",
                "--checkpoint", str(tmp_path / "run.pt"))
     with pytest.raises(SystemExit, match="multiple of the episode length"):
